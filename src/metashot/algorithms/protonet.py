@@ -1,0 +1,92 @@
+"""Prototypical Networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.data.episodes import EpisodeBatch
+
+
+def class_means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
+    """Mean embedding of each class: z [..., S, D], y [..., S] (0..ways-1) -> [..., ways, D]."""
+    onehot = F.one_hot(y, ways).to(z.dtype)  # [..., S, N]
+    sums = onehot.transpose(-1, -2) @ z  # [..., N, D]
+    counts = onehot.sum(-2).unsqueeze(-1)
+    if bool((counts == 0).any()):
+        raise ValueError(f"ProtoNet: a class in 0..{ways - 1} has no support example; labels must be 0..N-1")
+    return sums / counts
+
+
+def sq_euclidean(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance between rows: q [..., M, D], p [..., N, D] -> [..., M, N]."""
+    return (q.pow(2).sum(-1, keepdim=True) - 2 * q @ p.transpose(-1, -2) + p.pow(2).sum(-1).unsqueeze(-2)).clamp_min(0)
+
+
+@register("protonet")
+class ProtoNet(MetaLearner):
+    """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+
+    Each class k gets a prototype c_k = 1/|S_k| sum_{(x_i, y_i) in S_k} f(x_i), the mean embedding of its
+    support examples; a query x is classified by p(y = k | x) = softmax_k(-d(f(x), c_k)) with d the squared
+    Euclidean distance (Eq. 1-2 of the paper). Training minimises the query negative log-likelihood.
+
+    Args:
+        backbone: embedding network f, [B, *item] -> [B, D] (any shape; flattened).
+        distance: ``sqeuclidean`` (the paper) or ``cosine`` (scaled by ``temperature``).
+    """
+
+    def __init__(self, backbone: nn.Module, distance: str = "sqeuclidean", temperature: float = 10.0) -> None:
+        super().__init__()
+        if distance not in ("sqeuclidean", "cosine"):
+            raise ValueError(f"ProtoNet: distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
+        self.backbone = backbone
+        self.distance = distance
+        self.temperature = temperature
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x).flatten(1)
+
+    def _scores(self, zq: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":
+            return self.temperature * F.normalize(zq, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+        return -sq_euclidean(zq, protos)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        ways = int(support_y.max()) + 1
+        protos = class_means(self.embed(support_x), support_y, ways)
+
+        def predictor(query_x: torch.Tensor) -> torch.Tensor:
+            return self._scores(self.embed(query_x), protos)
+
+        return predictor
+
+    def _batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+        # One forward over every task's support and query items. Equal to the per-task path when the
+        # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
+        # where the paper's implementation also normalises over the whole episode.
+        T, S = batch.support_x.shape[:2]
+        Q = batch.query_x.shape[1]
+        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        z = self.embed(x)
+        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        protos = class_means(zs, batch.support_y, batch.ways)
+        return self._scores(zq, protos)
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self._batched_logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        acc = (logits.argmax(-1) == batch.query_y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+        if self.training:
+            return super().predict_batch(batch)
+        return self._batched_logits(batch).detach()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"distance": self.distance, "temperature": self.temperature}

@@ -1,0 +1,154 @@
+"""Checkpoints: a folder with ``weights.safetensors`` and ``config.json``; never pickle.
+
+``config.json`` holds the run's :class:`~metashot.config.Config`, the learner's constructor arguments, the
+preprocessing of its inputs, and the SHA-256 of the weights file, so a tampered or truncated weights file is
+caught before it is loaded, and a weights file that does not match the model is a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from metashot.algorithms.base import MetaLearner, algorithm_class
+from metashot.nn.backbones import build_backbone
+
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+FORMAT = "metashot-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, tampered with, truncated or does not match its model."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_learner(model_cfg: dict[str, Any], learner_args: dict[str, Any] | None = None) -> MetaLearner:
+    """Construct a learner from a ModelConfig dict (algorithm, backbone, backbone_args, algorithm_args)."""
+    cls = algorithm_class(model_cfg["algorithm"])
+    backbone = build_backbone(model_cfg["backbone"], **model_cfg.get("backbone_args", {}))
+    args = dict(model_cfg.get("algorithm_args", {}))
+    args.update(learner_args or {})
+    try:
+        return cls(backbone, **args)
+    except TypeError as e:
+        raise ValueError(f"algorithm {model_cfg['algorithm']!r}: bad algorithm_args {args}: {e}") from e
+
+
+def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``learner``'s weights and ``config`` into folder ``path`` atomically (replaces an old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        meta = {
+            "format": FORMAT,
+            "algorithm": learner.algorithm_name,
+            "learner_args": learner.config_dict(),
+            "config": config,
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
+            **(extra or {}),
+        }
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def bundled_path(name: str) -> Path | None:
+    """Folder of a checkpoint shipped inside the package (``metashot/weights/<name>``), if any."""
+    p = Path(str(resources.files("metashot").joinpath("weights", name)))
+    return p if (p / CONFIG).is_file() else None
+
+
+def bundled_names() -> list[str]:
+    root = Path(str(resources.files("metashot").joinpath("weights")))
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG).is_file()) if root.is_dir() else []
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if (p / CONFIG).is_file():
+        return p
+    if p.name == CONFIG and p.is_file():
+        return p.parent
+    for sub in ("best", "final", "last"):
+        if (p / sub / CONFIG).is_file():
+            return p / sub
+    b = bundled_path(str(name_or_path))
+    if b is not None:
+        return b
+    raise CheckpointError(
+        f"no checkpoint at {name_or_path!r}: expected a folder with {CONFIG} and {WEIGHTS}, a run folder "
+        f"with best/ or final/, or a bundled name ({', '.join(bundled_names()) or 'none installed'})"
+    )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG} is unreadable ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[MetaLearner, dict[str, Any]]:
+    """Rebuild the learner of a checkpoint and load its weights; returns (learner in eval mode, meta)."""
+    path = resolve(name_or_path)
+    meta = read_meta(path)
+    wfile = path / WEIGHTS
+    if not wfile.is_file():
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is missing")
+    digest = sha256_file(wfile)
+    if digest != meta.get("weights_sha256"):
+        raise CheckpointError(
+            f"checkpoint {path}: {WEIGHTS} has SHA-256 {digest[:16]}... but {CONFIG} records "
+            f"{str(meta.get('weights_sha256'))[:16]}...; the file was modified or truncated. Re-create or "
+            f"re-download it"
+        )
+    try:
+        state = load_file(str(wfile), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} cannot be read ({e})") from e
+    model_cfg = meta["config"]["model"]
+    learner = build_learner(model_cfg, meta.get("learner_args"))
+    try:
+        learner.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match the model {model_cfg['algorithm']}/"
+            f"{model_cfg['backbone']} described in {CONFIG}: {str(e).splitlines()[0]} ..."
+        ) from e
+    learner.to(device).eval()
+    return learner, meta

@@ -1,0 +1,67 @@
+"""Datasets, the class store and episodes.
+
+``load_split(data_config, split)`` returns the :class:`ClassStore` of one split for any registered dataset;
+``register_dataset`` adds a new one without touching the rest of the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metashot.data.episodes import EpisodeBatch, EpisodeSampler
+from metashot.data.preprocess import ImageSpec, preprocess
+from metashot.data.store import ClassStore
+
+_DATASETS: dict[str, Callable[..., ClassStore]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., ClassStore]], Callable[..., ClassStore]]:
+    def deco(fn: Callable[..., ClassStore]) -> Callable[..., ClassStore]:
+        _DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def available_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_split(dataset: str, split: str, root: str | Path | None = None, image_size: int | None = None,
+               **options: Any) -> ClassStore:
+    """The store of ``split`` of ``dataset`` (e.g. ``load_split("omniglot", "test")``)."""
+    if dataset not in _DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; available: {available_datasets()}")
+    return _DATASETS[dataset](split=split, root=Path(root) if root else None, image_size=image_size, **options)
+
+
+@register_dataset("omniglot")
+def _omniglot(split: str, root: Path | None, image_size: int | None, **options: Any) -> ClassStore:
+    from metashot.data.omniglot import omniglot
+
+    return omniglot(split, root, image_size or 28, **options)
+
+
+@register_dataset("mini_imagenet")
+def _mini(split: str, root: Path | None, image_size: int | None, **options: Any) -> ClassStore:
+    from metashot.data.mini_imagenet import mini_imagenet
+
+    return mini_imagenet(split, root, image_size or 84, **options)
+
+
+@register_dataset("folder")
+def _folder(split: str, root: Path | None, image_size: int | None, channels: int = 3, invert: bool = False,
+            resize_filter: str = "bilinear", **options: Any) -> ClassStore:
+    """``split`` is a folder of class subfolders (absolute, or relative to ``root``)."""
+    from metashot.data.folder import image_folder
+
+    path = Path(split)
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    spec = ImageSpec(size=image_size or 84, channels=channels, invert=invert, resize_filter=resize_filter)
+    return image_folder(path, spec, **options)
+
+
+__all__ = ["ClassStore", "EpisodeBatch", "EpisodeSampler", "ImageSpec", "preprocess", "load_split",
+           "register_dataset", "available_datasets"]

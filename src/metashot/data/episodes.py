@@ -1,0 +1,166 @@
+"""Episodes: N-way K-shot tasks drawn from a :class:`ClassStore` by index arithmetic.
+
+Every batch is a pure function of ``(seed, batch_index)``: its generator is ``numpy.random.default_rng([seed,
+batch_index])`` (PCG64, identical on every platform), so the same seed gives the same episodes on any machine
+and in any process, a resumed run continues with the episodes it would have drawn, and distributed ranks can
+take disjoint slices of one global meta-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metashot.data.preprocess import to_float
+from metashot.data.store import ClassStore
+
+
+@dataclass
+class EpisodeBatch:
+    """A batch of T episodes with N ways, K shots and Q queries per class.
+
+    Shapes: support_x [T, N*K, *item], support_y [T, N*K], query_x [T, N*Q, *item], query_y [T, N*Q].
+    Items are class-major (the K shots of label 0, then label 1, ...); labels are 0..N-1 within each
+    episode; ``classes`` [T, N] holds the store's class index behind each label.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    classes: torch.Tensor
+    ways: int
+    shots: int
+    queries: int
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def to(self, device: torch.device | str = "cpu", non_blocking: bool = False) -> EpisodeBatch:
+        """Move to ``device``; uint8 images become float32 in [0, 1] (on the device, after the copy)."""
+        def mv(x: torch.Tensor) -> torch.Tensor:
+            return to_float(x.to(device, non_blocking=non_blocking))
+
+        return EpisodeBatch(mv(self.support_x), self.support_y.to(device), mv(self.query_x),
+                            self.query_y.to(device), self.classes, self.ways, self.shots, self.queries)
+
+    def task(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(support_x, support_y, query_x, query_y) of episode ``t``."""
+        return self.support_x[t], self.support_y[t], self.query_x[t], self.query_y[t]
+
+    def slice(self, start: int, stop: int) -> EpisodeBatch:
+        return EpisodeBatch(self.support_x[start:stop], self.support_y[start:stop], self.query_x[start:stop],
+                            self.query_y[start:stop], self.classes[start:stop], self.ways, self.shots,
+                            self.queries)
+
+
+class EpisodeSampler:
+    """Draws batches of N-way K-shot episodes with Q queries per class from a store.
+
+    Args:
+        store: the classes to draw from.
+        ways: classes per episode (N).
+        shots: support items per class (K).
+        queries: query items per class (Q).
+        seed: base seed; batch ``i`` depends only on (seed, i).
+        tasks_per_batch: episodes per batch (T, the meta-batch).
+
+    Raises:
+        ValueError: if ways exceeds the number of classes or a class has fewer than shots + queries items
+            (the message names the class and the numbers).
+    """
+
+    def __init__(self, store: ClassStore, ways: int, shots: int, queries: int, seed: int = 0,
+                 tasks_per_batch: int = 1) -> None:
+        for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0),
+                            ("tasks_per_batch", tasks_per_batch, 1)):
+            if int(v) != v or v < lo:
+                raise ValueError(f"EpisodeSampler: {name} must be an integer >= {lo}, got {v}")
+        if ways > store.num_classes:
+            raise ValueError(
+                f"EpisodeSampler: ways={ways} but the store has only {store.num_classes} classes "
+                f"({store.meta.get('name', 'dataset')}); lower ways or use a larger split"
+            )
+        need = shots + queries
+        counts = store.counts
+        short = np.flatnonzero(counts < need)
+        if len(short):
+            c = int(short[0])
+            raise ValueError(
+                f"EpisodeSampler: class {store.class_names[c]!r} has {int(counts[c])} items but shots + queries = "
+                f"{shots} + {queries} = {need}; {len(short)} class(es) are this short. Lower shots/queries "
+                f"or remove those classes"
+            )
+        self.store = store
+        self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
+        self.seed = int(seed)
+        self.tasks_per_batch = int(tasks_per_batch)
+        self._counts = counts
+        self._offsets = store.offsets
+        self._min_count = int(counts.min())
+        self._max_count = int(counts.max())
+        self._labels_s = torch.arange(self.ways).repeat_interleave(self.shots)
+        self._labels_q = torch.arange(self.ways).repeat_interleave(self.queries)
+
+    def indices(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Store classes [T, N] and store rows [T, N, K+Q] of batch ``batch_index`` (no image is touched)."""
+        rng = np.random.default_rng([self.seed, int(batch_index)])
+        T, N, m = self.tasks_per_batch, self.ways, self.shots + self.queries
+        classes = _distinct(rng, T, N, np.full((T,), self.store.num_classes))
+        counts = self._counts[classes]  # [T, N]
+        if self._min_count == self._max_count:
+            items = _distinct(rng, T * N, m, np.full((T * N,), self._min_count)).reshape(T, N, m)
+        else:
+            items = _distinct(rng, T * N, m, counts.reshape(-1)).reshape(T, N, m)
+        rows = self._offsets[classes][..., None] + items
+        return classes, rows
+
+    def sample(self, batch_index: int, tasks: slice | None = None) -> EpisodeBatch:
+        """Batch ``batch_index``; ``tasks`` selects a slice of its T episodes (distributed ranks)."""
+        classes, rows = self.indices(batch_index)
+        if tasks is not None:
+            classes, rows = classes[tasks], rows[tasks]
+        T, N = classes.shape
+        K, Q = self.shots, self.queries
+        flat = torch.from_numpy(rows.reshape(-1))
+        x = self.store.images.index_select(0, flat).view(T, N, K + Q, *self.store.images.shape[1:])
+        sx = x[:, :, :K].reshape(T, N * K, *x.shape[3:])
+        qx = x[:, :, K:].reshape(T, N * Q, *x.shape[3:])
+        return EpisodeBatch(sx, self._labels_s.expand(T, -1), qx, self._labels_q.expand(T, -1),
+                            torch.from_numpy(classes), N, K, Q)
+
+    def __iter__(self) -> Iterator[EpisodeBatch]:
+        i = 0
+        while True:
+            yield self.sample(i)
+            i += 1
+
+
+def _distinct(rng: np.random.Generator, rows: int, k: int, n: np.ndarray) -> np.ndarray:
+    """For each row r, k distinct integers drawn uniformly (in random order) from range(n[r]).
+
+    Small draws use rejection (redraw rows with a repeat), which costs O(k) per row; large draws sort random
+    keys. Both give every ordered k-subset the same probability.
+    """
+    n_min = int(n.min())
+    if k * k <= n_min:  # a repeat is unlikely (< ~50%), so a few redraws finish it
+        out = (rng.random((rows, k)) * n[:, None]).astype(np.int64)
+        for _ in range(64):
+            s = np.sort(out, axis=1)
+            bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)) if k > 1 else np.empty(0, np.int64)
+            if len(bad) == 0:
+                return out
+            out[bad] = (rng.random((len(bad), k)) * n[bad, None]).astype(np.int64)
+        rows_left = bad
+    else:
+        out = np.empty((rows, k), dtype=np.int64)
+        rows_left = np.arange(rows)
+    n_max = int(n[rows_left].max())
+    keys = rng.random((len(rows_left), n_max))
+    keys[np.arange(n_max)[None, :] >= n[rows_left, None]] = 2.0  # never chosen: beyond the class size
+    out[rows_left] = np.argsort(keys, axis=1)[:, :k]
+    return out

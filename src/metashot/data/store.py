@@ -1,0 +1,198 @@
+"""ClassStore: a dataset decoded once into one uint8 tensor, grouped by class, cached and memory-mapped.
+
+Layout: ``images`` is [M, C, H, W] with the images of class ``c`` at rows ``offsets[c]:offsets[c+1]``.
+Episode sampling is then index arithmetic on ``offsets`` plus one gather; no image is decoded per episode.
+
+The on-disk cache is a ``.npy`` file (the image block) plus a ``.json`` file (class names, offsets,
+preprocessing, source fingerprint) under :func:`metashot._env.cache_root`. The file name is a hash of the
+source files (path, size, modification time) and the preprocessing, so a changed source or a different
+image size never reuses a stale cache. Later loads memory-map the ``.npy`` (copy-on-write), which takes
+milliseconds whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metashot._env import cache_root
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class ClassStore:
+    """Images grouped by class.
+
+    Attributes:
+        images: uint8 (or float) tensor [M, C, H, W] (or [M, D] for feature stores).
+        offsets: int64 numpy array [num_classes + 1]; class c owns rows offsets[c]:offsets[c+1].
+        class_names: one name per class, e.g. "Angelic/character01/rot090".
+        meta: free-form description (dataset, split, preprocessing) carried into checkpoints.
+    """
+
+    images: torch.Tensor
+    offsets: np.ndarray
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        if len(self.offsets) != len(self.class_names) + 1:
+            raise ValueError(
+                f"ClassStore: {len(self.class_names)} class names but {len(self.offsets)} offsets "
+                f"(expected {len(self.class_names) + 1})"
+            )
+        if self.offsets[0] != 0 or self.offsets[-1] != self.images.shape[0]:
+            raise ValueError(
+                f"ClassStore: offsets span 0..{self.offsets[-1]} but there are {self.images.shape[0]} images"
+            )
+        if np.any(np.diff(self.offsets) < 0):
+            raise ValueError("ClassStore: offsets must be non-decreasing")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Number of images of each class, int64 [num_classes]."""
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def class_images(self, c: int) -> torch.Tensor:
+        """Images of class ``c``: [count_c, C, H, W]."""
+        return self.images[int(self.offsets[c]) : int(self.offsets[c + 1])]
+
+    def index(self, name: str) -> int:
+        try:
+            return self._name_to_index()[name]
+        except KeyError:
+            raise KeyError(f"class {name!r} is not in this store ({self.num_classes} classes)") from None
+
+    def _name_to_index(self) -> dict[str, int]:
+        cached = getattr(self, "_n2i", None)
+        if cached is None:
+            cached = {n: i for i, n in enumerate(self.class_names)}
+            self._n2i = cached
+        return cached
+
+    def subset(self, classes: Sequence[int] | Sequence[str], meta: dict[str, Any] | None = None) -> ClassStore:
+        """A new store holding only ``classes`` (indices or names), in the order given."""
+        idx = [self.index(c) if isinstance(c, str) else int(c) for c in classes]
+        if not idx:
+            raise ValueError("ClassStore.subset: no classes selected")
+        counts = self.counts[idx]
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+        images = self.images[torch.from_numpy(rows)]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return ClassStore(images, offsets, [self.class_names[i] for i in idx], dict(meta or self.meta))
+
+    def with_rotations(self, angles: Sequence[int] = (0, 90, 180, 270), fmt: str = "{name}/rot{angle:03d}") -> ClassStore:
+        """Rotations as new classes, applied per CLASS: every image of a new class has that class's rotation.
+
+        Returns a store with ``len(angles) * num_classes`` classes; class ``name`` rotated by ``a`` degrees
+        (counter-clockwise, ``torch.rot90``) is named ``fmt.format(name=name, angle=a)``. Classes are ordered
+        base class major, angle minor.
+        """
+        for a in angles:
+            if a % 90 != 0:
+                raise ValueError(f"with_rotations: angle {a} is not a multiple of 90 degrees")
+        rotated = [torch.rot90(self.images, k=(a // 90) % 4, dims=(-2, -1)) for a in angles]
+        counts = self.counts
+        blocks, names = [], []
+        for c, name in enumerate(self.class_names):
+            lo, hi = int(self.offsets[c]), int(self.offsets[c + 1])
+            for a, r in zip(angles, rotated):
+                blocks.append(r[lo:hi])
+                names.append(fmt.format(name=name, angle=a))
+        images = torch.cat(blocks)
+        new_counts = np.repeat(counts, len(angles))
+        offsets = np.concatenate([[0], np.cumsum(new_counts)])
+        meta = dict(self.meta, rotations=list(angles))
+        return ClassStore(images, offsets, names, meta)
+
+
+def fingerprint(paths: Sequence[Path], params: dict[str, Any]) -> str:
+    """Hash of the source files' identity (resolved path, size, mtime) and the preprocessing parameters."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "params": params}, sort_keys=True).encode())
+    for p in sorted(Path(p).resolve() for p in paths):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_store(
+    tag: str,
+    sources: Sequence[Path],
+    params: dict[str, Any],
+    build: Callable[[], tuple[np.ndarray, Sequence[int], list[str]]],
+    meta: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+) -> ClassStore:
+    """Load the store for (sources, params) from the cache, or ``build()`` it once and cache it.
+
+    Args:
+        tag: readable prefix of the cache file name (e.g. "omniglot-28").
+        sources: files whose identity keys the cache.
+        params: preprocessing parameters that key the cache.
+        build: returns (uint8 images [M, C, H, W], per-class counts, class names).
+        cache_dir: defaults to ``$METASHOT_CACHE`` or ``~/.cache/metashot/stores``.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+    key = fingerprint(sources, params)
+    npy = cache_dir / f"{tag}-{key}.npy"
+    js = cache_dir / f"{tag}-{key}.json"
+    if npy.is_file() and js.is_file():
+        try:
+            info = json.loads(js.read_text())
+            arr = np.load(npy, mmap_mode="c")
+            if list(arr.shape) == info["shape"]:
+                return ClassStore(torch.from_numpy(arr), np.asarray(info["offsets"]), info["class_names"],
+                                  dict(info.get("meta", {}), cache=str(npy)))
+        except (ValueError, OSError, KeyError, json.JSONDecodeError):
+            pass  # a broken cache entry is rebuilt below, never trusted
+    images, counts, names = build()
+    images = np.ascontiguousarray(images)
+    offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save_npy(npy, images)
+    info = {"shape": list(images.shape), "offsets": offsets.tolist(), "class_names": list(names),
+            "meta": meta or {}, "params": params}
+    _atomic_write_text(js, json.dumps(info))
+    arr = np.load(npy, mmap_mode="c")
+    return ClassStore(torch.from_numpy(arr), offsets, list(names), dict(meta or {}, cache=str(npy)))
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,73 @@
+"""Backbone networks, built by name from configs and checkpoints.
+
+Every backbone maps [B, C, H, W] (or [B, D] for ``mlp``) to [B, out_dim] unless a head is requested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BACKBONES[name] = fn
+        return fn
+    return deco
+
+
+def available_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+    try:
+        return _BACKBONES[name](**kwargs)
+    except TypeError as e:
+        raise ValueError(f"backbone {name!r}: bad arguments {kwargs}: {e}") from e
+
+
+def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+@register_backbone("conv4")
+def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth: int = 4) -> nn.Module:
+    """Snell et al. 2017 / Vinyals et al. 2016 embedding: depth x [3x3 conv, BN, ReLU, 2x2 max-pool], flattened.
+
+    On 28x28 inputs with 64 channels the output is 64-d (1x1 spatial); on 84x84, 1600-d.
+    """
+    chans = [in_channels] + [hidden] * (depth - 1) + [out_channels]
+    return nn.Sequential(*[conv_block(chans[i], chans[i + 1]) for i in range(depth)], nn.Flatten())
+
+
+@register_backbone("mlp")
+def mlp(in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40), out_features: int = 1) -> nn.Module:
+    """Fully connected ReLU network (MAML's sinusoid regressor is ``mlp(1, (40, 40), 1)``)."""
+    dims = [in_features, *hidden]
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(dims[-1], out_features))
+    return nn.Sequential(*layers)
+
+
+def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
+    """Feature size of ``backbone`` on one item of ``item_shape`` (runs a dummy forward in eval mode)."""
+    was = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        p = next(backbone.parameters())
+        out = backbone(torch.zeros(2, *item_shape, device=p.device, dtype=p.dtype))
+    backbone.train(was)
+    return int(out.reshape(2, -1).shape[1])

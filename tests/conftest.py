@@ -1,0 +1,41 @@
+"""Shared fixtures. Data-dependent tests FAIL (never skip) when the data is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("METASHOT_DATA", str(DEFAULT_DATA))
+os.environ.setdefault("METASHOT_CACHE", str(REPO / "cache" / "stores"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ["METASHOT_DATA"])
+    needed = [root / "omniglot" / "images_background.zip", root / "omniglot" / "images_evaluation.zip"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        pytest.fail(f"test data missing: {missing}. Set METASHOT_DATA to the shared data folder "
+                    f"(../shared/data beside the repository)", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def omniglot_test(data_root: Path):
+    from metashot.data.omniglot import omniglot
+
+    return omniglot("test", data_root)
+
+
+@pytest.fixture(scope="session")
+def omniglot_train(data_root: Path):
+    from metashot.data.omniglot import omniglot
+
+    return omniglot("train", data_root)
