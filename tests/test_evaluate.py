@@ -1,0 +1,74 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metashot.algorithms.base import MetaLearner
+from metashot.data.store import ClassStore
+from metashot.evaluate import episode_accuracies, evaluate, mean_ci95
+
+
+def test_ci_formula_matches_hand_computation():
+    v = [1.0, 0.0, 1.0, 1.0]
+    mean, ci = mean_ci95(v)
+    std = math.sqrt(sum((x - 0.75) ** 2 for x in v) / 4)  # population std, numpy's default
+    assert mean == pytest.approx(0.75)
+    assert ci == pytest.approx(1.96 * std / 2)
+
+
+def test_ci_of_constant_values_is_zero_and_empty_is_error():
+    assert mean_ci95([0.5] * 10) == (0.5, 0.0)
+    with pytest.raises(ValueError):
+        mean_ci95([])
+
+
+class _Oracle(MetaLearner):
+    """Classifies a query by exact pixel match with its class's support mean (a perfect learner here)."""
+
+    def adapt(self, sx, sy):
+        n = int(sy.max()) + 1
+        means = torch.stack([sx[sy == k].flatten(1).mean(0) for k in range(n)])
+
+        def pred(qx):
+            return -torch.cdist(qx.flatten(1), means)
+
+        return pred
+
+
+class _Chance(MetaLearner):
+    def adapt(self, sx, sy):
+        n = int(sy.max()) + 1
+        return lambda qx: torch.zeros(len(qx), n)
+
+
+def _toy_store(classes=10, per=6):
+    # every image of class c is the constant c*20: a perfect learner gets 100%
+    imgs = torch.arange(classes).repeat_interleave(per).mul(20).to(torch.uint8)[:, None, None, None].expand(-1, 1, 4, 4)
+    return ClassStore(imgs.contiguous(), np.arange(0, classes * per + 1, per), [f"c{i}" for i in range(classes)],
+                      {"name": "toy"})
+
+
+def test_evaluate_perfect_and_chance_learners():
+    store = _toy_store()
+    res = evaluate(_Oracle(), store, ways=5, shots=1, queries=3, episodes=40, seed=3, progress=False)
+    assert res["acc"] == 100.0 and res["ci95"] == 0.0 and res["episodes"] == 40
+    res = evaluate(_Chance(), store, ways=5, shots=1, queries=3, episodes=40, seed=3, progress=False)
+    assert res["acc"] == 20.0  # argmax of ties picks label 0: exactly 1/5 of queries
+
+
+def test_episodes_do_not_depend_on_meta_batch():
+    store = _toy_store()
+
+    class Recorder(_Chance):
+        seen: list = []
+
+        def adapt(self, sx, sy):
+            Recorder.seen.append(sx.clone())
+            return super().adapt(sx, sy)
+
+    episode_accuracies(Recorder(), store, 5, 1, 2, episodes=10, seed=5, meta_batch=3, progress=False)
+    a = torch.stack(Recorder.seen)
+    Recorder.seen = []
+    episode_accuracies(Recorder(), store, 5, 1, 2, episodes=10, seed=5, meta_batch=7, progress=False)
+    assert torch.equal(a, torch.stack(Recorder.seen))
