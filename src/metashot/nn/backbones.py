@@ -62,6 +62,51 @@ def mlp(in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40), ou
     return nn.Sequential(*layers)
 
 
+class MAMLConvNet(nn.Module):
+    """Finn et al. (2017) classifier: ``features`` (4 conv blocks) then a linear ``head`` with one output per way.
+
+    The head is part of the meta-learned initialisation, so ``out_features`` must equal the number of ways the
+    learner is trained and used with. ANIL adapts only the parameters named ``head.*``.
+    Shapes: [B, C, H, W] -> logits [B, out_features].
+    """
+
+    def __init__(self, features: nn.Module, feature_dim: int, out_features: int, mean_pool: bool) -> None:
+        super().__init__()
+        self.features = features
+        self.mean_pool = mean_pool
+        self.head = nn.Linear(feature_dim, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.features(x)
+        z = z.mean(dim=(2, 3)) if self.mean_pool else z.flatten(1)
+        return self.head(z)
+
+
+@register_backbone("maml_omniglot")
+def maml_omniglot(in_channels: int = 1, hidden: int = 64, out_features: int = 5, depth: int = 4) -> nn.Module:
+    """MAML's Omniglot net: depth x [3x3 conv ``hidden`` stride 2, BN, ReLU], spatial mean, linear head."""
+    chans = [in_channels] + [hidden] * depth
+    blocks = [conv_block(chans[i], chans[i + 1], pool=False, stride=2) for i in range(depth)]
+    return MAMLConvNet(nn.Sequential(*blocks), hidden, out_features, mean_pool=True)
+
+
+@register_backbone("maml_miniimagenet")
+def maml_miniimagenet(in_channels: int = 3, hidden: int = 32, out_features: int = 5, depth: int = 4,
+                      image_size: int = 84) -> nn.Module:
+    """MAML's mini-ImageNet net: depth x [3x3 conv ``hidden``, BN, ReLU, 2x2 max-pool], flatten, linear head.
+
+    ``image_size`` fixes the flattened size (84 -> 5x5x32 = 800).
+    """
+    chans = [in_channels] + [hidden] * depth
+    side = image_size
+    for _ in range(depth):
+        side //= 2
+    if side < 1:
+        raise ValueError(f"maml_miniimagenet: image_size={image_size} is too small for {depth} pooling blocks")
+    blocks = [conv_block(chans[i], chans[i + 1]) for i in range(depth)]
+    return MAMLConvNet(nn.Sequential(*blocks), hidden * side * side, out_features, mean_pool=False)
+
+
 def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
     """Feature size of ``backbone`` on one item of ``item_shape`` (runs a dummy forward in eval mode)."""
     was = backbone.training
