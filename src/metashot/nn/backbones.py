@@ -102,7 +102,8 @@ def maml_miniimagenet(in_channels: int = 3, hidden: int = 32, out_features: int 
     for _ in range(depth):
         side //= 2
     if side < 1:
-        raise ValueError(f"maml_miniimagenet: image_size={image_size} is too small for {depth} pooling blocks")
+        raise ValueError(f"maml_miniimagenet: image_size={image_size} is too small for {depth} pooling "
+                         "blocks; use images of at least 2**depth pixels")
     blocks = [conv_block(chans[i], chans[i + 1]) for i in range(depth)]
     return MAMLConvNet(nn.Sequential(*blocks), hidden * side * side, out_features, mean_pool=False)
 
