@@ -1,9 +1,9 @@
-"""mini-ImageNet (Vinyals et al. 2016) in Ravi & Larochelle's layout: ``images/*.jpg`` + ``{train,val,test}.csv``.
+"""mini-ImageNet (Vinyals et al. 2016) in Ravi & Larochelle's layout: images/*.jpg + {train,val,test}.csv.
 
-Read from ``<root>/mini_imagenet/`` as a folder (``mini_imagenet/images``, ``train.csv``...) or a zip holding that
-layout (``mini_imagenet*.zip``). The standard split has 64 / 16 / 20 classes. There is no download: ImageNet's
-licence requires users to obtain the images themselves. Images are 84x84 RGB (``MINI_IMAGENET_SPEC``, bilinear
-resize when the source differs).
+Read from ``<root>/mini_imagenet/`` as a folder (``mini_imagenet/images``, ``train.csv``...) or a zip holding
+that layout (``mini_imagenet*.zip``). The standard split has 64 / 16 / 20 classes. There is no download:
+ImageNet's licence requires users to obtain the images themselves. Images are 84x84 RGB
+(``MINI_IMAGENET_SPEC``, bilinear resize when the source differs).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def locate(root: Path | None = None) -> Path:
     if zips:
         return zips[0]
     raise FileNotFoundError(
-        f"mini-ImageNet not found in {base}. metashot cannot download it (ImageNet licence): obtain the images "
-        f"and Ravi & Larochelle's train.csv/val.csv/test.csv, then place them as {base}/images/*.jpg and "
-        f"{base}/{{train,val,test}}.csv, or a zip of that layout as {base}/mini_imagenet.zip"
+        f"mini-ImageNet not found in {base}. metashot cannot download it (ImageNet licence): obtain the "
+        f"images and Ravi & Larochelle's train.csv/val.csv/test.csv, then place them as {base}/images/*.jpg "
+        f"and {base}/{{train,val,test}}.csv, or a zip of that layout as {base}/mini_imagenet.zip"
     )
 
 
@@ -53,9 +53,12 @@ class _Source:
                 self.zf = zipfile.ZipFile(src)
             except (zipfile.BadZipFile, OSError) as e:
                 raise ValueError(f"mini-ImageNet: {src} is not a readable zip file ({e})") from e
-            csvs = [n for n in self.zf.namelist() if n.endswith("train.csv")]
+            csvs = sorted((n for n in self.zf.namelist()
+                           if n.rsplit("/", 1)[-1] == "train.csv" and not n.startswith("__MACOSX/")),
+                          key=len)
             if not csvs:
-                raise ValueError(f"mini-ImageNet: {src} has no train.csv; expected Ravi & Larochelle's layout")
+                raise ValueError(f"mini-ImageNet: {src} has no train.csv; expected Ravi & Larochelle's "
+                                 f"layout [<folder>/]images/*.jpg + train.csv, val.csv, test.csv")
             self.prefix = csvs[0][: -len("train.csv")]
 
     def read_csv(self, split: str) -> list[tuple[str, str]]:
@@ -70,7 +73,15 @@ class _Source:
         rows = list(csv.reader(io.StringIO(text)))
         if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
             raise ValueError(f"mini-ImageNet: {self.src}/{name} must start with the header 'filename,label'")
-        return [(r[0], r[1]) for r in rows[1:] if r]
+        out = []
+        for line, r in enumerate(rows[1:], start=2):
+            if not r:
+                continue
+            if len(r) < 2 or not r[0].strip() or not r[1].strip():
+                raise ValueError(f"mini-ImageNet: {self.src}/{name} line {line} is {','.join(r)!r}; expected "
+                                 f"'filename,label'")
+            out.append((r[0].strip(), r[1].strip()))
+        return out
 
     def open_image(self, filename: str) -> Image.Image:
         where = f"{self.src}:images/{filename}"
@@ -100,7 +111,10 @@ def mini_imagenet(split: str = "train", root: Path | None = None, image_size: in
         raise ValueError(f"mini-ImageNet split must be one of {SPLITS}, got {split!r}")
     spec = ImageSpec(size=image_size, channels=3, invert=False, resize_filter="bilinear")
     src = locate(root)
-    sources = [src] if src.is_file() else [src / f"{s}.csv" for s in SPLITS]
+    # A folder is keyed by its csv files and the images folder's own identity (which changes when files are
+    # added, removed or renamed); stat-ing every image would cost more than the cached load itself.
+    sources = [src] if src.is_file() else [p for p in [*(src / f"{s}.csv" for s in SPLITS), src / "images"]
+                                            if p.exists()]
 
     def build() -> tuple[np.ndarray, list[int], list[str]]:
         s = _Source(src)
@@ -114,14 +128,16 @@ def mini_imagenet(split: str = "train", root: Path | None = None, image_size: in
             names = sorted(by_class)
             files = [f for n in names for f in by_class[n]]
             out = np.empty((len(files), 3, spec.size, spec.size), dtype=np.uint8)
-            for i, fn in enumerate(tqdm(files, desc=f"decode mini-ImageNet {split}", unit="img", leave=False)):
+            bar = tqdm(files, desc=f"decode mini-ImageNet {split}", unit="img", leave=False)
+            for i, fn in enumerate(bar):
                 out[i] = preprocess(s.open_image(fn), spec, source=fn)
             return out, [len(by_class[n]) for n in names], names
         finally:
             s.close()
 
-    store = cached_store(f"mini_imagenet-{split}-{spec.size}", sources, {"split": split, "spec": spec.to_dict()},
-                         build, meta={"dataset": "mini_imagenet", "split": split, "image_spec": spec.to_dict()},
+    meta = {"dataset": "mini_imagenet", "split": split, "image_spec": spec.to_dict()}
+    params = {"split": split, "spec": spec.to_dict()}
+    store = cached_store(f"mini_imagenet-{split}-{spec.size}", sources, params, build, meta=meta,
                          cache_dir=cache_dir)
     store.meta.update(name=f"mini_imagenet/{split}")
     return store

@@ -20,6 +20,7 @@ without rotation.
 from __future__ import annotations
 
 import io
+import os
 import re
 import zipfile
 from importlib import resources
@@ -31,18 +32,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from metashot._env import data_root
-from metashot.data.download import download
+from metashot.data.download import DownloadError, download
 from metashot.data.preprocess import ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
 OMNIGLOT_SPEC = ImageSpec(size=28, channels=1, invert=True, resize_filter="box")
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+BASE_URL_ENV = "METASHOT_OMNIGLOT_URL"  # overrides BASE_URL (a mirror, or a local server in tests)
+# md5 of the official zips. small1/small2: the copies in the shared data folder are the original files,
+# unchanged (its README), so their md5 is the official one.
 OFFICIAL_MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
-    "images_background_small1": None,
-    "images_background_small2": None,
+    "images_background_small1": "e704a628b5459e08445c13499850abc4",
+    "images_background_small2": "b75a71a51d3b13f821f212756fe481fd",
 }
 VINYALS_SPLITS = ("train", "val", "test", "trainval")
 OFFICIAL_SETS = ("background", "evaluation", "background_small1", "background_small2")
@@ -59,11 +63,19 @@ def vinyals_split(split: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def locate(part: str, root: Path | None = None, download_missing: bool = True) -> Path:
+def base_url() -> str:
+    """Where missing zips are downloaded from: ``$METASHOT_OMNIGLOT_URL`` if set, else :data:`BASE_URL`."""
+    url = os.environ.get(BASE_URL_ENV) or BASE_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def locate(part: str, root: Path | None = None, download_missing: bool = True, url: str | None = None,
+           timeout: float = 60.0) -> Path:
     """Path of ``<root>/omniglot/<part>.zip`` or the extracted folder ``<root>/omniglot/<part>/``.
 
-    Downloads the official zip when neither exists and ``download_missing``; otherwise raises
-    FileNotFoundError naming the file to place and where.
+    Downloads the official zip (from ``url``, default :func:`base_url`) when neither exists and
+    ``download_missing``, checking its official md5; otherwise raises FileNotFoundError naming the file to
+    place and the folder to place it in.
     """
     base = (Path(root) if root is not None else data_root()) / "omniglot"
     for cand in (base / f"{part}.zip", base / part):
@@ -71,29 +83,34 @@ def locate(part: str, root: Path | None = None, download_missing: bool = True) -
             return cand
     if part not in OFFICIAL_MD5:
         raise ValueError(f"unknown Omniglot part {part!r}; use one of {sorted(OFFICIAL_MD5)}")
+    src = (url if url is not None else base_url()).rstrip("/") + f"/{part}.zip"
     if not download_missing:
         raise FileNotFoundError(
-            f"Omniglot file {part}.zip not found: place {part}.zip (or its extracted folder {part}/) in {base} "
-            f"(set METASHOT_DATA to change the data root), or allow downloading from {BASE_URL}{part}.zip"
+            f"Omniglot file {part}.zip not found: place {part}.zip (or its extracted folder {part}/) in "
+            f"{base} (set METASHOT_DATA to change the data root), or allow downloading from {src}"
         )
     try:
-        return download(BASE_URL + f"{part}.zip", base / f"{part}.zip", OFFICIAL_MD5[part])
-    except Exception as e:
+        return download(src, base / f"{part}.zip", OFFICIAL_MD5[part], timeout=timeout)
+    except DownloadError as e:
         raise FileNotFoundError(
             f"Omniglot file {part}.zip is missing from {base} and could not be downloaded ({e}). "
-            f"Download {BASE_URL}{part}.zip yourself and place it in {base}"
+            f"Download {src} yourself and place it in {base} (or set METASHOT_DATA to a folder holding "
+            f"omniglot/{part}.zip)"
         ) from e
 
 
 def _list_images(src: Path, part: str) -> list[tuple[str, str, str]]:
     """(alphabet, character, member) for every PNG of ``src``; checks the official structure."""
     entries = []
+    others: set[str] = set()
     if src.is_dir():
         for p in sorted(src.rglob("*.png")):
             rel = p.relative_to(src.parent).as_posix()
             m = _IMG.search(rel)
-            if m:
+            if m and m.group(1) == part:
                 entries.append((m.group(2), m.group(3), str(p)))
+            elif m:
+                others.add(m.group(1))
     else:
         try:
             with zipfile.ZipFile(src) as zf:
@@ -102,8 +119,15 @@ def _list_images(src: Path, part: str) -> list[tuple[str, str, str]]:
             raise ValueError(f"Omniglot: {src} is not a readable zip file ({e}); replace it") from e
         for n in sorted(names):
             m = _IMG.search(n)
-            if m:
+            if m and m.group(1) == part:
                 entries.append((m.group(2), m.group(3), n))
+            elif m:
+                others.add(m.group(1))
+    if not entries and others:
+        raise ValueError(
+            f"Omniglot: {src} should hold {part}/<Alphabet>/<characterNN>/*.png but holds {sorted(others)}; "
+            f"is it the right file?"
+        )
     if not entries:
         raise ValueError(
             f"Omniglot: {src} holds no images in the official layout "
