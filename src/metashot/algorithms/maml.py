@@ -1,0 +1,266 @@
+"""MAML (second and first order), Meta-SGD and ANIL: inner-loop gradient steps from a meta-learned start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.nn.functional import BN_MODES, Params, functional_forward, inner_sgd, params_and_buffers
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def _lr_key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot contain dots
+
+
+@register("maml")
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
+
+    For each task T_i the network's parameters theta are adapted by gradient descent on the support loss,
+    theta'_i = theta - alpha * grad_theta L_{T_i}^{support}(f_theta) (Eq. 1, repeated ``inner_steps`` times), and
+    the meta-objective is min_theta sum_i L_{T_i}^{query}(f_{theta'_i}) (Eq. 2), back-propagated through the inner
+    steps (second order). ``first_order=True`` drops the second derivatives (the paper's first-order
+    approximation): the meta-gradient is the query gradient at theta'_i.
+
+    The network is any ``nn.Module`` mapping [B, *item] -> [B, N]; it is called as a pure function of a
+    parameter dict (:mod:`metashot.nn.functional`), never modified in place. Its last layer is the classifier
+    head, so its output size is the number of ways (``backbone_args.out_features``); adapting to a task with a
+    different number of classes is an error (the head's initialisation is meta-learned per output).
+
+    Batch norm (``bn``): ``"batch"`` (default) normalises every forward with the statistics of its own batch,
+    i.e. of one task's support set in the inner loop and of its query set in the predictor; running statistics
+    are never used or updated. This is the paper's transductive setting: a query prediction depends on the
+    other queries of its batch. ``"running"`` uses the module's stored running statistics, frozen.
+
+    Two execution paths give the same loss and meta-gradient (tests/algorithms/test_maml.py, float64):
+    ``vectorized=True`` runs the whole inner loop and query loss of every task at once with ``torch.vmap`` of
+    ``torch.func.grad``; ``vectorized=False`` loops over tasks with ``torch.autograd.grad`` (the reference).
+
+    Args:
+        backbone: the full network including its head.
+        inner_lr: alpha (Omniglot 5-way: 0.4, 20-way: 0.1, sinusoid: 0.01).
+        inner_steps: inner steps during meta-training.
+        inner_steps_test: inner steps when adapting in eval mode (default: ``inner_steps``).
+        first_order: first-order MAML.
+        vectorized: vmap over the meta-batch (fast path) instead of a per-task loop.
+        loss: ``cross_entropy`` (classification, logits [M, N]) or ``mse`` (regression, outputs [M, D]).
+        bn: ``batch`` (transductive, default) or ``running``.
+        learn_inner_lr: Meta-SGD: one learnable rate per parameter element, initialised to ``inner_lr``.
+        adapt: ``all`` parameters (MAML) or only the ``head`` (ANIL; parameters whose names start with
+            ``head_prefix``).
+        head_prefix: name prefix of the head's parameters (``head.`` for the built-in MAML nets).
+        checkpoint_inner: recompute inner steps in the backward pass to save memory (loop path only).
+    """
+
+    adapt_needs_grad = True
+
+    def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
+                 inner_steps_test: int | None = None, first_order: bool = False, vectorized: bool = True,
+                 loss: str = "cross_entropy", bn: str = "batch", learn_inner_lr: bool = False,
+                 adapt: str = "all", head_prefix: str = "head.", checkpoint_inner: bool = False) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if loss not in LOSSES:
+            raise ValueError(f"{name}: loss must be one of {LOSSES}, got {loss!r}")
+        if bn not in BN_MODES:
+            raise ValueError(f"{name}: bn must be one of {BN_MODES}, got {bn!r}")
+        if adapt not in ("all", "head"):
+            raise ValueError(f"{name}: adapt must be 'all' or 'head', got {adapt!r}")
+        if inner_steps < 0 or (inner_steps_test is not None and inner_steps_test < 0):
+            raise ValueError(f"{name}: inner_steps must be >= 0, got {inner_steps} / {inner_steps_test}")
+        if checkpoint_inner and vectorized:
+            raise ValueError(f"{name}: checkpoint_inner=True needs vectorized=False (the loop path)")
+        self.backbone = backbone
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.inner_steps_test = int(inner_steps if inner_steps_test is None else inner_steps_test)
+        self.first_order = bool(first_order)
+        self.vectorized = bool(vectorized)
+        self.loss = loss
+        self.bn = bn
+        self.learn_inner_lr = bool(learn_inner_lr)
+        self.adapt_mode = adapt
+        self.head_prefix = head_prefix
+        self.checkpoint_inner = bool(checkpoint_inner)
+        names = [k for k, p in backbone.named_parameters() if p.requires_grad]
+        if adapt == "head":
+            names = [k for k in names if k.startswith(head_prefix)]
+            if not names:
+                raise ValueError(f"{name}: adapt='head' but the backbone has no parameter whose name starts with "
+                                 f"{head_prefix!r} (it has {[k for k, _ in backbone.named_parameters()][:6]}...); "
+                                 f"set algorithm_args.head_prefix")
+        self.adapted_names: list[str] = names
+        if self.learn_inner_lr:
+            shapes = dict(backbone.named_parameters())
+            self.inner_lrs = nn.ParameterDict({
+                _lr_key(k): nn.Parameter(torch.full_like(shapes[k].detach(), self.inner_lr)) for k in names})
+
+    # ----- the network as a function of a parameter dict -----------------------------------------------------
+
+    def forward_with(self, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
+        """The backbone on x [B, *item] with ``params``: [B, N] (or [B, D] for regression)."""
+        return functional_forward(self.backbone, params, buffers, x, bn=self.bn)
+
+    def task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.loss == "mse":
+            return F.mse_loss(out, y)
+        return F.cross_entropy(out, y)
+
+    def learning_rates(self) -> float | dict[str, torch.Tensor]:
+        """alpha: a float, or Meta-SGD's ``{parameter name: elementwise rates}``."""
+        if not self.learn_inner_lr:
+            return self.inner_lr
+        return {k: self.inner_lrs[_lr_key(k)] for k in self.adapted_names}
+
+    def adapt_params(self, params: Params, buffers: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                     steps: int, first_order: bool, vectorized: bool, checkpoint: bool = False) -> Params:
+        """theta'_i: ``steps`` SGD steps on one task's support loss; the full parameter dict.
+
+        Shapes: support_x [S, *item], support_y [S] (or [S, D]). Only ``adapted_names`` move (ANIL: the head).
+        """
+        fast = {k: params[k] for k in self.adapted_names}
+        fixed = {k: v for k, v in params.items() if k not in fast}
+
+        def support_loss(f: Params) -> torch.Tensor:
+            return self.task_loss(self.forward_with({**fixed, **f}, buffers, support_x), support_y)
+
+        fast = inner_sgd(support_loss, fast, self.learning_rates(), steps, first_order=first_order,
+                         vectorized=vectorized, checkpoint=checkpoint)
+        return {**fixed, **fast}
+
+    def _check_outputs(self, out: torch.Tensor, ways: int) -> None:
+        if self.loss == "cross_entropy" and out.shape[-1] != ways:
+            raise ValueError(
+                f"{type(self).__name__}: the backbone outputs {out.shape[-1]} logits but the task has {ways} "
+                f"classes. MAML's head is part of the meta-learned initialisation, so a learner trained for "
+                f"{out.shape[-1]} ways only adapts to {out.shape[-1]}-way tasks; train (or load) one with "
+                f"backbone_args.out_features={ways}")
+
+    # ----- the meta-objective -----------------------------------------------------------------------------------
+
+    def _mode(self) -> tuple[int, bool]:
+        """(inner steps, first order) for the current mode: training uses the meta-training settings."""
+        if self.training:
+            return self.inner_steps, self.first_order
+        return self.inner_steps_test, True  # evaluation needs no second derivatives
+
+    def _task_query(self, params: Params, buffers: Params, sx: torch.Tensor, sy: torch.Tensor,
+                    qx: torch.Tensor, steps: int, first_order: bool, vectorized: bool) -> torch.Tensor:
+        adapted = self.adapt_params(params, buffers, sx, sy, steps, first_order, vectorized,
+                                    checkpoint=self.checkpoint_inner and not vectorized)
+        return self.forward_with(adapted, buffers, qx)
+
+    def query_outputs(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                      steps: int | None = None, first_order: bool | None = None,
+                      vectorized: bool | None = None) -> torch.Tensor:
+        """Adapted outputs on every task's queries: [T, M, N] from support [T, S, ...] and queries [T, M, ...].
+
+        Differentiable with respect to the meta-parameters (to second order unless ``first_order``).
+        """
+        d_steps, d_fo = self._mode()
+        steps = d_steps if steps is None else steps
+        first_order = d_fo if first_order is None else first_order
+        vectorized = self.vectorized if vectorized is None else vectorized
+        params, buffers = params_and_buffers(self.backbone)
+        if vectorized:
+            def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+                return self._task_query(params, buffers, sx, sy, qx, steps, first_order, True)
+
+            return torch.vmap(one, randomness="different")(support_x, support_y, query_x)
+        return torch.stack([self._task_query(params, buffers, support_x[t], support_y[t], query_x[t], steps,
+                                             first_order, False) for t in range(support_x.shape[0])])
+
+    def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss of the adapted networks over the meta-batch (Eq. 2), and ``loss``/``acc`` metrics."""
+        with torch.enable_grad():
+            out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
+        if self.loss == "mse":
+            loss = F.mse_loss(out, batch.query_y)
+            return loss, {"loss": float(loss.detach())}
+        self._check_outputs(out, batch.ways)
+        loss = F.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
+        acc = (out.argmax(-1) == batch.query_y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def predict_batch(self, batch: Any) -> torch.Tensor:
+        with torch.enable_grad():
+            out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x).detach()
+        if self.loss == "cross_entropy":
+            self._check_outputs(out, batch.ways)
+        return out
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Predictor:
+        """Fine-tune a copy of the parameters on one support set; the predictor is the adapted network.
+
+        In training mode the predictor stays differentiable in the meta-parameters; in eval mode it is detached
+        and ``steps`` defaults to ``inner_steps_test``.
+        """
+        d_steps, first_order = self._mode()
+        steps = d_steps if steps is None else int(steps)
+        with torch.enable_grad():
+            if self.training:
+                params, buffers = params_and_buffers(self.backbone)
+            else:
+                params, buffers = params_and_buffers(self.backbone, detach=True)
+                for k in self.adapted_names:
+                    params[k].requires_grad_(True)
+            if self.loss == "cross_entropy":
+                ways = int(support_y.max()) + 1
+                with torch.no_grad():
+                    probe = self.forward_with(params, buffers, support_x[:2])
+                self._check_outputs(probe, ways)
+            adapted = self.adapt_params(params, buffers, support_x, support_y, steps, first_order,
+                                        vectorized=False, checkpoint=self.checkpoint_inner)
+        if not self.training:
+            adapted = {k: v.detach() for k, v in adapted.items()}
+
+        def predictor(query_x: torch.Tensor) -> torch.Tensor:
+            return self.forward_with(adapted, buffers, query_x)
+
+        return predictor
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
+                "inner_steps_test": self.inner_steps_test, "first_order": self.first_order,
+                "vectorized": self.vectorized, "loss": self.loss, "bn": self.bn,
+                "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_mode, "head_prefix": self.head_prefix,
+                "checkpoint_inner": self.checkpoint_inner}
+
+
+@register("metasgd")
+class MetaSGD(MAML):
+    """Meta-SGD (Li, Zhou, Chen & Li, 2017).
+
+    The inner update is theta' = theta - alpha o grad L^{support}(theta) (Eq. 3 of the paper) with alpha a
+    learnable vector of the same shape as theta (elementwise product o), meta-learned jointly with theta on the
+    query loss. One step in the paper. Same arguments as :class:`MAML`; ``inner_lr`` initialises alpha.
+    """
+
+    def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
+        kwargs.setdefault("learn_inner_lr", True)
+        if not kwargs["learn_inner_lr"]:
+            raise ValueError("MetaSGD: learn_inner_lr must be True (use algorithm 'maml' for a fixed alpha)")
+        super().__init__(backbone, **kwargs)
+
+
+@register("anil")
+class ANIL(MAML):
+    """ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
+
+    MAML whose inner loop adapts only the head: theta'_head = theta_head - alpha * grad_{theta_head}
+    L^{support}(theta_body, theta_head); the body is shared across tasks and meta-learned through the query
+    loss like everything else. The head is the parameters named ``head_prefix*`` (``head.`` in the built-in
+    nets). Same arguments as :class:`MAML`.
+    """
+
+    def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
+        kwargs.setdefault("adapt", "head")
+        if kwargs["adapt"] != "head":
+            raise ValueError("ANIL: adapt must be 'head' (use algorithm 'maml' to adapt every parameter)")
+        super().__init__(backbone, **kwargs)
