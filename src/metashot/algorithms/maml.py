@@ -23,10 +23,10 @@ class MAML(MetaLearner):
     """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
 
     For each task T_i the network's parameters theta are adapted by gradient descent on the support loss,
-    theta'_i = theta - alpha * grad_theta L_{T_i}^{support}(f_theta) (Eq. 1, repeated ``inner_steps`` times), and
-    the meta-objective is min_theta sum_i L_{T_i}^{query}(f_{theta'_i}) (Eq. 2), back-propagated through the inner
-    steps (second order). ``first_order=True`` drops the second derivatives (the paper's first-order
-    approximation): the meta-gradient is the query gradient at theta'_i.
+    theta'_i = theta - alpha * grad_theta L_{T_i}^{support}(f_theta) (Eq. 1, repeated ``inner_steps``
+    times), and the meta-objective is min_theta sum_i L_{T_i}^{query}(f_{theta'_i}) (Eq. 2), back-propagated
+    through the inner steps (second order). ``first_order=True`` drops the second derivatives (the paper's
+    first-order approximation): the meta-gradient is the query gradient at theta'_i.
 
     The network is any ``nn.Module`` mapping [B, *item] -> [B, N]; it is called as a pure function of a
     parameter dict (:mod:`metashot.nn.functional`), never modified in place. Its last layer is the classifier
@@ -92,16 +92,16 @@ class MAML(MetaLearner):
         if adapt == "head":
             names = [k for k in names if k.startswith(head_prefix)]
             if not names:
-                raise ValueError(f"{name}: adapt='head' but the backbone has no parameter whose name starts with "
-                                 f"{head_prefix!r} (it has {[k for k, _ in backbone.named_parameters()][:6]}...); "
-                                 f"set algorithm_args.head_prefix")
+                have = [k for k, _ in backbone.named_parameters()][:6]
+                raise ValueError(f"{name}: adapt='head' but the backbone has no parameter whose name starts "
+                                 f"with {head_prefix!r} (it has {have}...); set algorithm_args.head_prefix")
         self.adapted_names: list[str] = names
         if self.learn_inner_lr:
             shapes = dict(backbone.named_parameters())
             self.inner_lrs = nn.ParameterDict({
                 _lr_key(k): nn.Parameter(torch.full_like(shapes[k].detach(), self.inner_lr)) for k in names})
 
-    # ----- the network as a function of a parameter dict -----------------------------------------------------
+    # ----- the network as a function of a parameter dict ----------------------------------------------
 
     def forward_with(self, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
         """The backbone on x [B, *item] with ``params``: [B, N] (or [B, D] for regression)."""
@@ -142,7 +142,7 @@ class MAML(MetaLearner):
                 f"{out.shape[-1]} ways only adapts to {out.shape[-1]}-way tasks; train (or load) one with "
                 f"backbone_args.out_features={ways}")
 
-    # ----- the meta-objective -----------------------------------------------------------------------------------
+    # ----- the meta-objective ------------------------------------------------------------------------
 
     def _mode(self) -> tuple[int, bool]:
         """(inner steps, first order) for the current mode: training uses the meta-training settings."""
@@ -159,7 +159,7 @@ class MAML(MetaLearner):
     def query_outputs(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
                       steps: int | None = None, first_order: bool | None = None,
                       vectorized: bool | None = None) -> torch.Tensor:
-        """Adapted outputs on every task's queries: [T, M, N] from support [T, S, ...] and queries [T, M, ...].
+        """Adapted outputs on the queries: [T, M, N] from support [T, S, ...] and queries [T, M, ...].
 
         Differentiable with respect to the meta-parameters (to second order unless ``first_order``).
         """
@@ -177,7 +177,7 @@ class MAML(MetaLearner):
                                              first_order, False) for t in range(support_x.shape[0])])
 
     def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean query loss of the adapted networks over the meta-batch (Eq. 2), and ``loss``/``acc`` metrics."""
+        """Mean query loss of the adapted networks over the meta-batch (Eq. 2); ``loss``/``acc`` metrics."""
         with torch.enable_grad():
             out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
         if self.loss == "mse":
@@ -198,8 +198,8 @@ class MAML(MetaLearner):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Predictor:
         """Fine-tune a copy of the parameters on one support set; the predictor is the adapted network.
 
-        In training mode the predictor stays differentiable in the meta-parameters; in eval mode it is detached
-        and ``steps`` defaults to ``inner_steps_test``.
+        In training mode the predictor stays differentiable in the meta-parameters; in eval mode it is
+        detached and ``steps`` defaults to ``inner_steps_test``.
         """
         d_steps, first_order = self._mode()
         steps = d_steps if steps is None else int(steps)
@@ -229,7 +229,8 @@ class MAML(MetaLearner):
         return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
                 "inner_steps_test": self.inner_steps_test, "first_order": self.first_order,
                 "vectorized": self.vectorized, "loss": self.loss, "bn": self.bn,
-                "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_mode, "head_prefix": self.head_prefix,
+                "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_mode,
+                "head_prefix": self.head_prefix,
                 "checkpoint_inner": self.checkpoint_inner}
 
 
@@ -238,8 +239,8 @@ class MetaSGD(MAML):
     """Meta-SGD (Li, Zhou, Chen & Li, 2017).
 
     The inner update is theta' = theta - alpha o grad L^{support}(theta) (Eq. 3 of the paper) with alpha a
-    learnable vector of the same shape as theta (elementwise product o), meta-learned jointly with theta on the
-    query loss. One step in the paper. Same arguments as :class:`MAML`; ``inner_lr`` initialises alpha.
+    learnable vector of the same shape as theta (elementwise product o), meta-learned jointly with theta on
+    the query loss. One step in the paper. Same arguments as :class:`MAML`; ``inner_lr`` initialises alpha.
     """
 
     def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
