@@ -1,0 +1,179 @@
+"""ClassStore and its on-disk cache: built once, memory-mapped later, keyed by sources and preprocessing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metashot.data import omniglot as omniglot_mod
+from metashot.data.store import ClassStore, cached_store, fingerprint
+
+
+def _toy(counts: list[int], size: int = 4) -> tuple[np.ndarray, list[int], list[str]]:
+    """uint8 images [M, 1, size, size] whose pixels all hold the row index (mod 256)."""
+    m = sum(counts)
+    images = (np.arange(m, dtype=np.int64) % 256).astype(np.uint8)[:, None, None, None]
+    images = np.ascontiguousarray(np.broadcast_to(images, (m, 1, size, size)))
+    return images, counts, [f"c{i}" for i in range(len(counts))]
+
+
+class _Builder:
+    """A build() callable that counts its calls."""
+
+    def __init__(self, counts: list[int], size: int = 4) -> None:
+        self.calls = 0
+        self.counts, self.size = counts, size
+
+    def __call__(self) -> tuple[np.ndarray, list[int], list[str]]:
+        self.calls += 1
+        return _toy(self.counts, self.size)
+
+
+def _mapped_files() -> set[str]:
+    """Files memory-mapped into this process (Linux /proc/self/maps)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.fail("this test needs /proc/self/maps (Linux) to see memory maps")
+    lines = [line.split(maxsplit=5) for line in maps.read_text().splitlines()]
+    return {parts[5].strip() for parts in lines if len(parts) == 6}
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> Path:
+    p = tmp_path / "src.bin"
+    p.write_bytes(b"version 1")
+    return p
+
+
+def test_classstore_layout_and_validation() -> None:
+    images, counts, names = _toy([2, 3, 1])
+    s = ClassStore(torch.from_numpy(images), np.concatenate([[0], np.cumsum(counts)]), names)
+    assert s.num_classes == 3 and len(s) == 6
+    assert s.counts.tolist() == [2, 3, 1]
+    assert s.class_images(1)[:, 0, 0, 0].tolist() == [2, 3, 4]
+    assert s.index("c2") == 2
+    with pytest.raises(KeyError, match="'nope' is not in this store \\(3 classes\\)"):
+        s.index("nope")
+    sub = s.subset(["c2", "c0"])
+    assert sub.class_names == ["c2", "c0"] and sub.counts.tolist() == [1, 2]
+    assert sub.images[:, 0, 0, 0].tolist() == [5, 0, 1]
+    with pytest.raises(ValueError, match="3 class names but 3 offsets"):
+        ClassStore(torch.from_numpy(images), np.array([0, 2, 6]), names)
+    with pytest.raises(ValueError, match="offsets span 0..5 but there are 6 images"):
+        ClassStore(torch.from_numpy(images), np.array([0, 2, 4, 5]), names)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ClassStore(torch.from_numpy(images), np.array([0, 4, 2, 6]), names)
+
+
+def test_built_once_then_memory_mapped(tmp_path: Path, source: Path) -> None:
+    build = _Builder([3, 4, 5])
+    first = cached_store("toy", [source], {"size": 4}, build, cache_dir=tmp_path / "cache")
+    assert build.calls == 1
+    npy = Path(first.meta["cache"])
+    assert npy.is_file() and npy.with_suffix(".json").is_file()
+    second = cached_store("toy", [source], {"size": 4}, build, cache_dir=tmp_path / "cache")
+    assert build.calls == 1, "the second load must come from the cache, not rebuild"
+    assert torch.equal(first.images, second.images)
+    assert second.class_names == ["c0", "c1", "c2"] and second.counts.tolist() == [3, 4, 5]
+    assert str(npy.resolve()) in _mapped_files(), "the cached images must be memory-mapped, not read into RAM"
+    # copy-on-write: writing into the loaded tensor never changes the cache file
+    second.images[0].fill_(77)
+    third = cached_store("toy", [source], {"size": 4}, build, cache_dir=tmp_path / "cache")
+    assert int(third.images[0, 0, 0, 0]) == 0
+    assert not list((tmp_path / "cache").glob("*.tmp")), "atomic writes must leave no temporary file"
+
+
+def test_cache_key_follows_params_and_sources(tmp_path: Path, source: Path) -> None:
+    k28 = fingerprint([source], {"size": 28})
+    assert fingerprint([source], {"size": 28}) == k28
+    assert fingerprint([source], {"size": 32}) != k28
+    source.write_bytes(b"version 2, longer")  # content and size change
+    k_changed = fingerprint([source], {"size": 28})
+    assert k_changed != k28
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new modification time
+    assert fingerprint([source], {"size": 28}) != k_changed
+
+    build = _Builder([2, 2])
+    cached_store("toy", [source], {"size": 4}, build, cache_dir=tmp_path)
+    cached_store("toy", [source], {"size": 5}, _Builder([2, 2], size=5), cache_dir=tmp_path)
+    source.write_bytes(b"version 3")
+    cached_store("toy", [source], {"size": 4}, build, cache_dir=tmp_path)
+    assert build.calls == 2, "a changed source file must rebuild the store"
+    assert len(list(tmp_path.glob("toy-*.npy"))) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate_npy", "garbage_npy", "garbage_json", "bad_offsets", "no_json"])
+def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, source: Path, damage: str) -> None:
+    build = _Builder([3, 4])
+    good = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    expected = good.images.clone()
+    npy = Path(good.meta["cache"])
+    js = npy.with_suffix(".json")
+    del good
+    if damage == "truncate_npy":
+        data = npy.read_bytes()
+        npy.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_npy":
+        npy.write_bytes(b"\x00garbage" * 10)
+    elif damage == "garbage_json":
+        js.write_text("{not json")
+    elif damage == "bad_offsets":
+        info = json.loads(js.read_text())
+        info["offsets"] = [0, 1, 2]
+        js.write_text(json.dumps(info))
+    else:
+        js.unlink()
+    again = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2, f"a cache entry with {damage} must be rebuilt"
+    assert torch.equal(again.images, expected)
+    assert again.counts.tolist() == [3, 4]
+    # and the rebuilt entry is good again
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2
+
+
+def test_omniglot_cache_keyed_by_image_size(data_root: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    s28 = omniglot_mod.omniglot("background_small1", data_root, 28, cache_dir=tmp_path)
+    s20 = omniglot_mod.omniglot("background_small1", data_root, 20, cache_dir=tmp_path)
+    assert s28.images.shape[-2:] == (28, 28) and s20.images.shape[-2:] == (20, 20)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+    def no_decode(*a: object, **k: object) -> None:
+        raise AssertionError("decoded again although the cache holds this store")
+
+    monkeypatch.setattr(omniglot_mod, "_decode_part", no_decode)
+    again = omniglot_mod.omniglot("background_small1", data_root, 28, cache_dir=tmp_path)
+    assert torch.equal(again.images, s28.images) and again.class_names == s28.class_names
+
+
+_TIMING = """
+import time, torch
+torch.set_num_threads(1)
+t0 = time.perf_counter()
+from metashot.data.omniglot import omniglot
+t1 = time.perf_counter()
+s = omniglot("train")
+t2 = time.perf_counter()
+assert s.num_classes == 4112, s.num_classes
+print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
+"""
+
+
+def test_full_omniglot_second_load_is_fast(omniglot_train: ClassStore) -> None:
+    """Target: a cached load of full Omniglot at 28x28 in < 3 s; asserted loosely (< 10 s, shared CPU)."""
+    assert omniglot_train.num_classes == 4112  # the fixture built (or found) the cache
+    out = subprocess.run([sys.executable, "-c", _TIMING], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    import_s, load_s = map(float, out.stdout.split())
+    print(f"cached Omniglot train load: {load_s:.3f} s (import {import_s:.3f} s)")
+    assert load_s < 10.0
