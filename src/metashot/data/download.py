@@ -58,10 +58,12 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
                             out.write(block)
                             received += len(block)
                             bar.update(len(block))
+            except urllib.error.HTTPError as e:
+                raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
             except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                # URLError covers refused connections and HTTP status errors; HTTPException covers
-                # IncompleteRead (connection closed mid-body); TimeoutError covers a stalled server.
-                reason = getattr(e, "reason", None) or e
+                # URLError covers refused connections and DNS failures; HTTPException covers IncompleteRead
+                # (connection closed mid-body); TimeoutError covers a stalled server.
+                reason = e.reason if isinstance(e, urllib.error.URLError) else e
                 raise DownloadError(f"download of {url} failed after {received} bytes: {reason!r}") from e
         if total is not None and received != total:
             raise DownloadError(f"download of {url} truncated: got {received} of {total} bytes; "

@@ -12,9 +12,9 @@ dark (0) background. Classes are named ``<Alphabet>/<characterNN>``; with rotati
 ``<Alphabet>/<characterNN>/rot090`` etc. Rotations are applied per class (every image of a rotated class is
 rotated by the same angle), as in Vinyals et al. 2016 and Snell et al. 2017.
 
-Splits: ``train``/``val``/``test`` are the Vinyals split (1028/172/423 characters x 4 rotations), shipped with
-the package; ``background``, ``evaluation``, ``background_small1``, ``background_small2`` are the official sets
-without rotation.
+Splits: ``train``/``val``/``test`` are the Vinyals split (1028/172/423 characters x 4 rotations), shipped
+with the package; ``background``, ``evaluation``, ``background_small1``, ``background_small2`` are the
+official sets without rotation.
 """
 
 from __future__ import annotations
@@ -192,7 +192,14 @@ def omniglot(split: str = "train", root: Path | None = None, image_size: int = 2
         store.meta.update(name=f"omniglot/{split}", split=split)
         return store
     names = vinyals_split(split)
-    parts = [load_part(p, root, spec, download_missing, cache_dir) for p in ("images_background", "images_evaluation")]
+    needed = ("images_background", "images_evaluation")
+    base = (Path(root) if root is not None else data_root()) / "omniglot"
+    absent = [f"{p}.zip" for p in needed if not ((base / f"{p}.zip").exists() or (base / p).exists())]
+    try:
+        parts = [load_part(p, root, spec, download_missing, cache_dir) for p in needed]
+    except FileNotFoundError as e:
+        # name every file the split needs, not only the first one that failed
+        raise FileNotFoundError(f"{e}. The {split!r} split needs {' and '.join(absent)} in {base}") from e
     base_names = sorted({n.rsplit("/", 1)[0] for n in names})
     which = {}
     for pi, part in enumerate(parts):
@@ -203,7 +210,7 @@ def omniglot(split: str = "train", root: Path | None = None, image_size: int = 2
         raise ValueError(f"Omniglot split {split!r}: {len(missing)} characters are not in the data, "
                          f"e.g. {missing[:3]}; are images_background and images_evaluation complete?")
     chosen = [[n for n in base_names if which[n] == pi] for pi in range(len(parts))]
-    blocks = [part.subset(sel) for part, sel in zip(parts, chosen) if sel]
+    blocks = [part.subset(sel) for part, sel in zip(parts, chosen, strict=True) if sel]
     merged = ClassStore(
         torch.cat([b.images for b in blocks]),
         np.concatenate([[0], np.cumsum(np.concatenate([b.counts for b in blocks]))]),
