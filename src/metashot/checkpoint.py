@@ -26,6 +26,9 @@ from metashot.nn.backbones import build_backbone
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 FORMAT = "metashot-checkpoint-1"
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+TRAIN_STATE_FORMAT = "metashot-train-state-1"
 
 
 class CheckpointError(ValueError):
@@ -53,8 +56,14 @@ def build_learner(model_cfg: dict[str, Any], learner_args: dict[str, Any] | None
 
 
 def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``learner``'s weights and ``config`` into folder ``path`` atomically (replaces an old one)."""
+                    extra: dict[str, Any] | None = None,
+                    train_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
+    """Write ``learner``'s weights and ``config`` into folder ``path`` atomically (replaces an old one).
+
+    ``train_state`` (tensors, JSON-able dict), if given, is written beside the weights as
+    ``train_state.safetensors`` + ``train_state.json`` inside the same atomic folder swap (see
+    :func:`save_train_state`), so weights and the optimizer state that produced them never disagree.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
@@ -70,6 +79,8 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
             **(extra or {}),
         }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if train_state is not None:
+            save_train_state(tmp, *train_state)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -82,6 +93,44 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def save_train_state(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write training state (optimizer moments, RNG states, ...) as safetensors + JSON into ``folder``.
+
+    Never pickle: tensors go to ``train_state.safetensors``, everything else (step, schedule, best metric,
+    optimizer hyper-parameters) to ``train_state.json``, which also records the tensors' SHA-256.
+    """
+    folder = Path(folder)
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(flat, str(folder / TRAIN_STATE_TENSORS))
+    doc = {"format": TRAIN_STATE_FORMAT, "tensors_sha256": sha256_file(folder / TRAIN_STATE_TENSORS), **meta}
+    (folder / TRAIN_STATE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def load_train_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`save_train_state` wrote; checks the format and the tensors' SHA-256."""
+    folder = Path(folder)
+    js, ts = folder / TRAIN_STATE_JSON, folder / TRAIN_STATE_TENSORS
+    if not js.is_file() or not ts.is_file():
+        raise CheckpointError(f"checkpoint {folder}: no training state ({TRAIN_STATE_JSON} and "
+                              f"{TRAIN_STATE_TENSORS}); only checkpoints written during training (last/) "
+                              f"can be resumed")
+    try:
+        meta = json.loads(js.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_JSON} is unreadable ({e})") from e
+    if meta.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_JSON} format {meta.get('format')!r} "
+                              f"is not {TRAIN_STATE_FORMAT!r}")
+    if sha256_file(ts) != meta.get("tensors_sha256"):
+        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_TENSORS} does not match the SHA-256 in "
+                              f"{TRAIN_STATE_JSON}; the file was modified or truncated")
+    try:
+        tensors = load_file(str(ts))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_TENSORS} cannot be read ({e})") from e
+    return tensors, meta
 
 
 def bundled_path(name: str) -> Path | None:

@@ -66,6 +66,14 @@ class TrainConfig:
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
     target_val_acc: float | None = None  # stop once validation accuracy (percent) reaches this
     out_dir: str | None = None  # None = runs/<name>
+    lr_min: float = 0.0  # cosine schedule: final learning rate
+    tensorboard: bool = False  # also write TensorBoard events to <out_dir>/tensorboard (needs tensorboard)
+    # GPU options (all opt-in; no effect on the default CPU path)
+    precision: str = "fp32"  # fp32 | bf16 (autocast around the meta-loss)
+    compile: bool = False  # torch.compile the learner's meta_loss
+    data_on_device: bool = False  # keep the training store's images on the device; episodes indexed there
+    pin_memory: bool = False  # pinned host memory + non_blocking copies for each batch (CUDA only)
+    dist_backend: str | None = None  # backend under torchrun; None = nccl on CUDA, else gloo
 
 
 @dataclass

@@ -1,33 +1,68 @@
 """The Trainer: meta-training loop shared by every algorithm.
 
-It knows nothing about the algorithm: each step draws batch ``step`` from a sampler (anything with
-``sample(index) -> EpisodeBatch``), calls ``learner.meta_loss``, and takes an optimizer step. It writes a JSONL
-metrics log (``metrics.jsonl``), validates on fixed seeded episodes, keeps the best checkpoint (``best/``) and
-writes ``final/`` at the end.
+It knows nothing about the algorithm: step ``s`` (0-based) draws batch ``s`` from a source (anything with
+``sample(index) -> EpisodeBatch``; batches depend only on ``(seed, index)``), calls ``learner.meta_loss``,
+and takes an optimizer step. A run folder holds:
+
+- ``config.yaml``: the run's configuration (JSON, which is valid YAML); ``metashot train --resume`` reads it.
+- ``metrics.jsonl``: one JSON line per logging step (``step``, ``loss``, ``acc`` in [0, 1], ``lr``,
+  ``grad_norm``, ``steps_per_s``, ``episodes_per_s``, ``elapsed_s``) and one per validation (``val_acc``,
+  ``val_ci95`` in percent). ``metashot plot RUN_DIR`` draws them.
+- ``last/``: the resumable checkpoint (weights + ``train_state.safetensors`` / ``train_state.json``: optimizer
+  moments, schedule, RNG states, step, best metric), written every ``train.checkpoint_every`` steps, on
+  SIGINT/SIGTERM and at the end; ``best/``: best validation accuracy; ``final/``: the end of training.
+  Every checkpoint is written to a temporary folder and renamed into place: a crash never leaves half a file.
+- ``summary.json``: the outcome (steps, best validation accuracy, why it stopped).
+
+Resuming restores everything the next step depends on, so an interrupted and resumed run ends with exactly the
+parameters of an uninterrupted one. A non-finite loss or gradient stops training before the optimizer step,
+with an error naming the step; no checkpoint is ever written with non-finite weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from metashot.algorithms.base import MetaLearner
-from metashot.checkpoint import build_learner, save_checkpoint
+from metashot.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    build_learner,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+    sha256_file,
+)
 from metashot.config import Config
 from metashot.data import load_split
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
+from metashot.distributed import DistContext
 from metashot.evaluate import evaluate
+
+LAST, BEST, FINAL = "last", "best", "final"
+METRICS = "metrics.jsonl"
+RUN_CONFIG = "config.yaml"
 
 
 class BatchSource(Protocol):
     def sample(self, batch_index: int) -> EpisodeBatch: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss or gradient; the optimizer step was not taken."""
 
 
 def make_optimizer(params: Any, cfg: Config) -> torch.optim.Optimizer:
@@ -39,15 +74,147 @@ def make_optimizer(params: Any, cfg: Config) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {t.optimizer!r}")
 
 
-def make_schedule(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LRScheduler:
+def lr_factor(cfg: Config) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``s`` steps, in closed form (so resuming is exact).
+
+    ``step``: ``lr_gamma ** (s // lr_step)``; ``constant``: 1;
+    ``cosine``: ``f + (1 - f) * (1 + cos(pi * s / steps)) / 2`` with ``f = lr_min / lr``.
+    """
     t = cfg.train
     if t.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return lambda s: 1.0
     if t.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.lr_step), gamma=t.lr_gamma)
+        size, gamma = max(1, t.lr_step), t.lr_gamma
+        return lambda s: gamma ** (s // size)
     if t.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.steps))
+        total, floor = max(1, t.steps), (t.lr_min / t.lr if t.lr else 0.0)
+        return lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     raise ValueError(f"train.lr_schedule must be constant, step or cosine, got {t.lr_schedule!r}")
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
+
+
+# -- training state <-> (tensors, JSON) -------------------------------------------------------------
+
+
+def optimizer_state_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's ``state_dict`` as named tensors plus a JSON-able remainder (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v.detach().clone()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_unflat(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_state_flat`: load the state into ``opt``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, d in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(d)
+    groups = []
+    for saved, now in zip(meta["param_groups"], opt.param_groups, strict=False):
+        # JSON turns tuples (Adam's betas) into lists; give them back their type
+        groups.append({k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()})
+    if len(groups) != len(opt.param_groups):
+        raise CheckpointError(
+            f"training state has {len(meta['param_groups'])} optimizer parameter groups but the "
+            f"optimizer has {len(opt.param_groups)}; was the config's model changed?"
+        )
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch (CPU and CUDA), numpy and Python global RNG states as tensors + JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).view(np.int32).copy())
+    py = random.getstate()
+    tensors["rng.python"] = torch.tensor(py[1], dtype=torch.int64)
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": [py[0], py[2]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy.keys"].numpy().view(np.uint32), pos, has_gauss, gauss))
+    v, g = meta["python"]
+    random.setstate((v, tuple(int(x) for x in tensors["rng.python"].tolist()), g))
+
+
+# -- device-side sources ----------------------------------------------------------------------------
+
+
+class DeviceSampler:
+    """An :class:`EpisodeSampler` whose store images live on ``device`` (``train.data_on_device``).
+
+    The episode indices still come from ``sampler.indices(i)`` (CPU, numpy), so the episodes are identical to
+    ``sampler.sample(i)``; only the gather runs on the device, and no image crosses the bus per step.
+    """
+
+    def __init__(self, sampler: EpisodeSampler, device: torch.device | str) -> None:
+        self.sampler = sampler
+        self.device = torch.device(device)
+        self.images = sampler.store.images.to(self.device)
+        self.tasks_per_batch = sampler.tasks_per_batch
+        self.seed = sampler.seed
+
+    def sample(self, batch_index: int, tasks: slice | None = None) -> EpisodeBatch:
+        """Batch ``batch_index`` (uint8 images on the device); ``tasks`` selects a slice of its episodes."""
+        classes, rows = self.sampler.indices(batch_index)
+        if tasks is not None:
+            classes, rows = classes[tasks], rows[tasks]
+        T, N = classes.shape
+        K, Q = self.sampler.shots, self.sampler.queries
+        flat = torch.from_numpy(rows.reshape(-1)).to(self.device, non_blocking=True)
+        x = self.images.index_select(0, flat).view(T, N, K + Q, *self.images.shape[1:])
+        ys = torch.arange(N, device=self.device).repeat_interleave(K).expand(T, -1)
+        yq = torch.arange(N, device=self.device).repeat_interleave(Q).expand(T, -1)
+        return EpisodeBatch(
+            x[:, :, :K].reshape(T, N * K, *x.shape[3:]),
+            ys,
+            x[:, :, K:].reshape(T, N * Q, *x.shape[3:]),
+            yq,
+            torch.from_numpy(classes),
+            N,
+            K,
+            Q,
+        )
+
+
+def _pinned(batch: EpisodeBatch) -> EpisodeBatch:
+    return EpisodeBatch(
+        batch.support_x.pin_memory(),
+        batch.support_y.pin_memory(),
+        batch.query_x.pin_memory(),
+        batch.query_y.pin_memory(),
+        batch.classes,
+        batch.ways,
+        batch.shots,
+        batch.queries,
+    )
+
+
+# -- the trainer ------------------------------------------------------------------------------------
 
 
 class Trainer:
@@ -55,129 +222,496 @@ class Trainer:
 
     Args:
         learner: any MetaLearner.
-        source: batch ``i`` of training is ``source.sample(i)``.
-        cfg: the run configuration (optimizer, schedule, logging, checkpoints).
-        validate: optional ``learner -> dict`` with ``acc`` (percent); called every ``train.val_every`` steps.
-        out_dir: run folder (metrics.jsonl, best/, final/).
+        source: batch ``i`` of training is ``source.sample(i)``; under torch.distributed, rank ``r`` calls
+            ``source.sample(i, tasks=slice)`` for its share of the ``source.tasks_per_batch`` episodes.
+        cfg: the run configuration (optimizer, schedule, logging, checkpoints, GPU options).
+        validate: optional ``learner -> dict`` with ``acc`` (percent) and ``ci95``; called every
+            ``train.val_every`` steps (on rank 0 only).
+        out_dir: run folder (config.yaml, metrics.jsonl, last/, best/, final/, summary.json).
+        progress: show a progress bar (rank 0 only).
+        checkpoint_extra: extra JSON entries written into every checkpoint's config.json.
+        dist: the process group context; default: the initialised default group, if any.
     """
 
-    def __init__(self, learner: MetaLearner, source: BatchSource, cfg: Config,
-                 validate: Callable[[MetaLearner], dict[str, Any]] | None = None,
-                 out_dir: str | Path | None = None, progress: bool = True,
-                 checkpoint_extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        learner: MetaLearner,
+        source: BatchSource,
+        cfg: Config,
+        validate: Callable[[MetaLearner], dict[str, Any]] | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        checkpoint_extra: dict[str, Any] | None = None,
+        dist: DistContext | None = None,
+    ) -> None:
+        t = cfg.train
+        if t.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
         self.learner = learner
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.source = source
         self.cfg = cfg
         self.validate = validate
         self.out_dir = Path(out_dir) if out_dir is not None else cfg.out_dir()
-        self.progress = progress
-        self.device = torch.device(cfg.train.device)
+        self.dist = dist if dist is not None else DistContext.current()
+        self.progress = progress and self.dist.is_main
+        self.device = torch.device(t.device)
+        if self.device.type == "cuda" and self.device.index is None and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.learner.to(self.device)
-        self.opt = make_optimizer([p for p in learner.parameters() if p.requires_grad], cfg)
+        self.dist.broadcast_parameters_(self.learner)
+        self.params = [p for p in learner.parameters() if p.requires_grad]
+        self.float_buffers = [b for b in learner.buffers() if b.is_floating_point()]
+        self.opt = make_optimizer(self.params, cfg)
         self.sched = make_schedule(self.opt, cfg)
+        self.loss_fn = torch.compile(learner.meta_loss) if t.compile else learner.meta_loss
         self.step = 0
         self.best_acc = -math.inf
+        self.best_step: int | None = None
+        self.stale = 0
+        self.elapsed = 0.0
+        self.window: list[dict[str, float]] = []
         self.history: list[dict[str, Any]] = []
+        self._signal: int | None = None
+        self._stop_all = False
+        self._tb: Any = None
+
+    # -- persistence ------------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
+        if not self.dist.is_main:
+            return
+        with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k if k.startswith("val_") else f"train/{k}", v, record["step"])
 
-    def save(self, name: str, extra: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(self.out_dir / name, self.learner, self.cfg.to_dict(),
-                               extra={"step": self.step, **self.checkpoint_extra, **(extra or {})})
+    def _check_finite_weights(self, name: str) -> None:
+        for k, v in self.learner.state_dict().items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise NonFiniteLossError(
+                    f"Trainer: refusing to write checkpoint {self.out_dir / name}: "
+                    f"tensor {k!r} holds NaN/Inf at step {self.step}"
+                )
+
+    def train_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the next step depends on besides the weights: (tensors, JSON-able dict)."""
+        ot, om = optimizer_state_flat(self.opt)
+        rt, rm = rng_state()
+        meta = {
+            "step": self.step,
+            "optimizer": om,
+            "scheduler": self.sched.state_dict(),
+            "rng": rm,
+            "best_acc": None if self.best_acc == -math.inf else self.best_acc,
+            "best_step": self.best_step,
+            "stale": self.stale,
+            "elapsed_s": self.elapsed,
+            "window": self.window,
+            "world_size": self.dist.world_size,
+        }
+        return {**ot, **rt}, meta
+
+    def save(self, name: str, extra: dict[str, Any] | None = None, with_state: bool = False) -> Path:
+        """Write checkpoint ``out_dir/name`` (rank 0 only; never with non-finite weights)."""
+        path = self.out_dir / name
+        if not self.dist.is_main:
+            return path
+        self._check_finite_weights(name)
+        return save_checkpoint(
+            path,
+            self.learner,
+            self.cfg.to_dict(),
+            extra={"step": self.step, **self.checkpoint_extra, **(extra or {})},
+            train_state=self.train_state() if with_state else None,
+        )
+
+    def load_state(self, path: str | Path) -> None:
+        """Resume from checkpoint ``path`` (usually ``RUN_DIR/last``): weights, optimizer, schedule, RNG,
+        step, best metric. Raises :class:`CheckpointError` if it has no training state or does not fit."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = read_meta(path)
+        if sha256_file(path / WEIGHTS) != meta.get("weights_sha256"):
+            raise CheckpointError(
+                f"checkpoint {path}: {WEIGHTS} does not match the SHA-256 in config.json; "
+                f"the file was modified or truncated"
+            )
+        state = load_file(str(path / WEIGHTS), device=str(self.device))
+        try:
+            self.learner.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {path}: weights do not match this run's model "
+                f"({str(e).splitlines()[0]}); resume with the run's own config"
+            ) from e
+        tensors, meta = load_train_state(path)
+        optimizer_state_unflat(self.opt, tensors, meta["optimizer"])
+        self.sched.load_state_dict(meta["scheduler"])
+        set_rng_state(tensors, meta["rng"])
+        self.step = int(meta["step"])
+        self.best_acc = -math.inf if meta["best_acc"] is None else float(meta["best_acc"])
+        self.best_step = meta["best_step"]
+        self.stale = int(meta["stale"])
+        self.elapsed = float(meta["elapsed_s"])
+        self.window = list(meta["window"])
+        if self.dist.is_main:
+            _truncate_metrics(self.out_dir / METRICS, self.step)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[EpisodeBatch, float]:
+        """This rank's part of batch ``self.step`` on the device, and its share of the meta-batch."""
+        if self.dist.enabled:
+            total = int(getattr(self.source, "tasks_per_batch", self.cfg.episodes.meta_batch))
+            sl = self.dist.task_slice(total)
+            batch = self.source.sample(self.step, tasks=sl)  # type: ignore[call-arg]
+            weight = (sl.stop - sl.start) / total
+        else:
+            batch, weight = self.source.sample(self.step), 1.0
+        if self.cfg.train.pin_memory and self.device.type == "cuda" and batch.support_x.device.type == "cpu":
+            return _pinned(batch).to(self.device, non_blocking=True), weight
+        return batch.to(self.device), weight
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def train_step(self) -> dict[str, float]:
-        batch = self.source.sample(self.step).to(self.device)
+        """One meta-update on batch ``self.step``; returns its metrics (averaged over ranks).
+
+        Raises:
+            NonFiniteLossError: the loss or gradient norm is NaN/Inf (parameters are left untouched).
+        """
+        batch, weight = self._batch()
+        buffers_before = [
+            b.detach().clone() for b in self.learner.buffers()
+        ]  # BN statistics, restored on NaN
         self.learner.train()
-        loss, metrics = self.learner.meta_loss(batch)
+        with self._autocast():
+            loss, metrics = self.loss_fn(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        keys = sorted(metrics)
+        flags = [1.0 if self._signal is not None else 0.0]
+        if self.dist.enabled:
+            summed = self.dist.all_reduce_(
+                self.params, self.float_buffers, weight, [float(metrics[k]) * weight for k in keys] + flags
+            )
+            metrics = dict(zip(keys, summed[: len(keys)], strict=True))
+            self._stop_all = summed[len(keys)] > 0
+        else:
+            metrics = {k: float(metrics[k]) for k in keys}
+            self._stop_all = self._signal is not None
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        loss_value = metrics.get("loss", float(loss.detach()))
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            with torch.no_grad():
+                for b, saved in zip(self.learner.buffers(), buffers_before, strict=True):
+                    b.copy_(saved)
+            self.opt.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise NonFiniteLossError(
+                f"Trainer: non-finite {what} ({loss_value if what == 'loss' else norm}) "
+                f"at step {self.step + 1} "
+                f"(batch {self.step}); no update was applied"
+            )
         if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.cfg.train.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, torch.tensor(norm))
         self.opt.step()
         self.sched.step()
         self.step += 1
+        metrics["grad_norm"] = norm
         return metrics
 
+    # -- the loop ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: checkpoint and stop cleanly after the current step; a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
+            self._signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.train.tensorboard and self.dist.is_main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                "(or set train.tensorboard=false; metrics.jsonl is always written)"
+            ) from e
+        self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _write_summary(self, result: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(result, indent=2))
+
     def fit(self) -> dict[str, Any]:
+        """Train until ``train.steps`` (or early stop / target / signal); returns the run summary.
+
+        Raises:
+            NonFiniteLossError: NaN/Inf loss or gradient; ``last/`` and ``best/`` keep the last good weights.
+        """
         t = self.cfg.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        t0 = time.perf_counter()
-        window: list[dict[str, float]] = []
-        last_t, last_step = t0, self.step
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / RUN_CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        self._open_tensorboard()
+        total = int(getattr(self.source, "tasks_per_batch", self.cfg.episodes.meta_batch))
+        t0 = time.perf_counter() - self.elapsed
+        last_t, last_step = time.perf_counter(), self.step
         result: dict[str, Any] = {}
-        stale = 0
-        bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.cfg.name}", unit="step",
-                   disable=not self.progress)
-        while self.step < t.steps:
-            metrics = self.train_step()
-            window.append(metrics)
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                now = time.perf_counter()
-                rec = {"step": self.step, "lr": self.opt.param_groups[0]["lr"],
-                       "loss": sum(m["loss"] for m in window) / len(window),
-                       "acc": sum(m.get("acc", 0.0) for m in window) / len(window),
-                       "steps_per_s": (self.step - last_step) / max(now - last_t, 1e-9),
-                       "elapsed_s": round(now - t0, 2)}
-                self._log(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
-                window, last_t, last_step = [], now, self.step
-            if self.validate is not None and t.val_every and (self.step % t.val_every == 0 or self.step == t.steps):
-                val = self.validate(self.learner)
-                rec = {"step": self.step, "val_acc": val["acc"], "val_ci95": val.get("ci95"),
-                       "elapsed_s": round(time.perf_counter() - t0, 2)}
-                self._log(rec)
-                if val["acc"] > self.best_acc:
-                    self.best_acc = val["acc"]
-                    stale = 0
-                    self.save("best", {"val": val})
-                else:
-                    stale += 1
-                if t.target_val_acc is not None and val["acc"] >= t.target_val_acc:
-                    result["reached_target_at_step"] = self.step
-                    result["reached_target_s"] = round(time.perf_counter() - t0, 2)
-                    break
-                if t.early_stop_patience and stale >= t.early_stop_patience:
-                    result["early_stopped_at_step"] = self.step
-                    break
-        bar.close()
-        self.save("final")
-        result.update(steps=self.step, seconds=round(time.perf_counter() - t0, 2),
-                      best_val_acc=None if self.best_acc == -math.inf else self.best_acc,
-                      out_dir=str(self.out_dir))
-        (self.out_dir / "summary.json").write_text(json.dumps(result, indent=2))
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            desc=f"train {self.cfg.name}",
+            unit="step",
+            disable=not self.progress,
+        )
+        try:
+            with self._signals():
+                while self.step < t.steps:
+                    try:
+                        metrics = self.train_step()
+                    except NonFiniteLossError as e:
+                        self.elapsed = time.perf_counter() - t0
+                        self._log({"step": self.step + 1, "event": "non_finite", "message": str(e)})
+                        good = self.out_dir / LAST
+                        where = (
+                            f"the last good checkpoint is {good} (step {read_meta(good).get('step')})"
+                            if (good / "config.json").is_file()
+                            else "no checkpoint was written before (set train.checkpoint_every to keep one)"
+                        )
+                        self._write_summary(
+                            {
+                                "diverged_at_step": self.step + 1,
+                                "steps": self.step,
+                                "out_dir": str(self.out_dir),
+                                "error": str(e),
+                            }
+                        )
+                        raise NonFiniteLossError(
+                            f"{e}. Training stopped; {where}. Lower train.lr or set "
+                            f"train.grad_clip and train again from there."
+                        ) from None
+                    self.window.append(metrics)
+                    bar.update(1)
+                    self.elapsed = time.perf_counter() - t0
+                    if self.step % t.log_every == 0 or self.step == t.steps:
+                        now = time.perf_counter()
+                        sps = (self.step - last_step) / max(now - last_t, 1e-9)
+                        rec = {
+                            "step": self.step,
+                            "lr": self.opt.param_groups[0]["lr"],
+                            **{k: sum(m[k] for m in self.window) / len(self.window) for k in self.window[-1]},
+                            "steps_per_s": sps,
+                            "episodes_per_s": sps * total,
+                            "elapsed_s": round(self.elapsed, 2),
+                        }
+                        rec.setdefault("acc", 0.0)
+                        self._log(rec)
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
+                        self.window, last_t, last_step = [], now, self.step
+                    stop = self._validate_maybe(result, t0)
+                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                        self.save(LAST, with_state=True)
+                    if stop:
+                        break
+                    if self._stop_all:
+                        self.save(LAST, with_state=True)
+                        result["interrupted_at_step"] = self.step
+                        result["signal"] = self._signal if self._signal is not None else "peer"
+                        break
+        finally:
+            bar.close()
+            if self._tb is not None:
+                self._tb.close()
+        if "interrupted_at_step" not in result:
+            self.save(FINAL)
+            self.save(LAST, with_state=True)
+        result.update(
+            steps=self.step,
+            seconds=round(self.elapsed, 2),
+            best_val_acc=None if self.best_acc == -math.inf else self.best_acc,
+            best_step=self.best_step,
+            out_dir=str(self.out_dir),
+        )
+        self._write_summary(result)
+        self.dist.barrier()
         return result
+
+    def _validate_maybe(self, result: dict[str, Any], t0: float) -> bool:
+        """Validate if due (rank 0), keep best/, decide early stopping; True = stop (all ranks agree)."""
+        t = self.cfg.train
+        if (
+            self.validate is None
+            or not t.val_every
+            or not (self.step % t.val_every == 0 or self.step == t.steps)
+        ):
+            return False
+        decision: dict[str, Any] = {}
+        if self.dist.is_main:
+            val = self.validate(self.learner)
+            self._log(
+                {
+                    "step": self.step,
+                    "val_acc": val["acc"],
+                    "val_ci95": val.get("ci95"),
+                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                }
+            )
+            if val["acc"] > self.best_acc:
+                self.best_acc, self.best_step, self.stale = float(val["acc"]), self.step, 0
+                self.save(BEST, {"val": val})
+            else:
+                self.stale += 1
+            if t.target_val_acc is not None and val["acc"] >= t.target_val_acc:
+                decision = {
+                    "reached_target_at_step": self.step,
+                    "reached_target_s": round(time.perf_counter() - t0, 2),
+                }
+            elif t.early_stop_patience and self.stale >= t.early_stop_patience:
+                decision = {"early_stopped_at_step": self.step}
+            decision["_best"] = [self.best_acc, self.best_step, self.stale]
+        decision = dict(self.dist.broadcast_object(decision))  # type: ignore[arg-type]
+        self.best_acc, self.best_step, self.stale = decision.pop("_best")
+        result.update(decision)
+        return bool(decision)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint we resume from), atomically."""
+    if not path.is_file():
+        return
+    keep = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
 
 
 def episodic_validator(cfg: Config) -> Callable[[MetaLearner], dict[str, Any]] | None:
     """Validation on ``cfg.data.val_split`` with the evaluation protocol of ``cfg.eval`` (fixed seed)."""
     if not cfg.train.val_every or not cfg.data.val_split:
         return None
-    store = load_split(cfg.data.dataset, cfg.data.val_split, cfg.data.root, cfg.data.image_size, **cfg.data.options)
+    store = load_split(
+        cfg.data.dataset, cfg.data.val_split, cfg.data.root, cfg.data.image_size, **cfg.data.options
+    )
     e = cfg.eval
 
     def run(learner: MetaLearner) -> dict[str, Any]:
-        return evaluate(learner, store, e.ways, e.shots, e.queries, cfg.train.val_episodes, cfg.train.val_seed,
-                        e.meta_batch, cfg.train.device, progress=False)
+        device = next(learner.parameters()).device
+        return evaluate(
+            learner,
+            store,
+            e.ways,
+            e.shots,
+            e.queries,
+            cfg.train.val_episodes,
+            cfg.train.val_seed,
+            e.meta_batch,
+            device,
+            progress=False,
+        )
 
     return run
 
 
-def train_from_config(cfg: Config, progress: bool = True) -> dict[str, Any]:
-    """Build the learner and data of ``cfg`` and meta-train it; returns the run summary."""
+def build_trainer(
+    cfg: Config, progress: bool = True, out_dir: str | Path | None = None, dist: DistContext | None = None
+) -> Trainer:
+    """The learner, data, validator and :class:`Trainer` of ``cfg`` (nothing trained yet)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     learner = build_learner(dict(cfg.model.__dict__))
-    store = load_split(cfg.data.dataset, cfg.data.train_split, cfg.data.root, cfg.data.image_size,
-                       **cfg.data.options)
+    store = load_split(
+        cfg.data.dataset, cfg.data.train_split, cfg.data.root, cfg.data.image_size, **cfg.data.options
+    )
     ep = cfg.episodes
-    sampler = EpisodeSampler(store, ep.ways, ep.shots, ep.queries, seed=cfg.train.seed, tasks_per_batch=ep.meta_batch)
+    sampler = EpisodeSampler(
+        store, ep.ways, ep.shots, ep.queries, seed=cfg.train.seed, tasks_per_batch=ep.meta_batch
+    )
+    source: Any = sampler
+    dist = dist if dist is not None else DistContext.current()
+    if cfg.train.data_on_device:
+        dev = torch.device(cfg.train.device)
+        if dev.type == "cuda" and dev.index is None and dist.enabled:
+            dev = torch.device("cuda", dist.local_rank)
+        source = DeviceSampler(sampler, dev)
     extra = {"image_spec": store.meta["image_spec"]} if "image_spec" in store.meta else {}
-    trainer = Trainer(learner, sampler, cfg, episodic_validator(cfg), progress=progress, checkpoint_extra=extra)
-    return trainer.fit()
+    validate = episodic_validator(cfg) if dist.is_main else None
+    if not dist.is_main and cfg.train.val_every:
+        validate = _no_validation  # ranks > 0 take part in the decision broadcast, rank 0 validates
+    return Trainer(
+        learner, source, cfg, validate, out_dir=out_dir, progress=progress, checkpoint_extra=extra, dist=dist
+    )
+
+
+def _no_validation(learner: MetaLearner) -> dict[str, Any]:
+    raise AssertionError("only rank 0 validates")
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The configuration a run was started with (``RUN_DIR/config.yaml``)."""
+    p = Path(run_dir) / RUN_CONFIG
+    if not p.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a metashot run folder: {RUN_CONFIG} is missing")
+    return Config.from_dict(json.loads(p.read_text()), source=str(p))
+
+
+def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | None = None) -> dict[str, Any]:
+    """Build the learner and data of ``cfg`` and meta-train it; returns the run summary.
+
+    With ``resume=RUN_DIR`` training continues from ``RUN_DIR/last`` (written every ``train.checkpoint_every``
+    steps, on SIGINT/SIGTERM and at the end) into the same folder; the model section of ``cfg`` must match the
+    run's. Under torchrun (``WORLD_SIZE`` > 1) the process group is set up here and torn down at the end.
+    """
+    from metashot import distributed
+
+    ctx = distributed.init_from_env(cfg.train.device, cfg.train.dist_backend)
+    try:
+        out_dir = None
+        if resume is not None:
+            out_dir = Path(resume)
+            saved = run_config(out_dir)
+            if saved.model != cfg.model:
+                raise ValueError(
+                    f"--resume {resume}: the config's model section {cfg.model} differs from the "
+                    f"run's {saved.model}; resume with the run's own config"
+                )
+        trainer = build_trainer(cfg, progress, out_dir, ctx)
+        if resume is not None:
+            last = Path(resume) / LAST
+            if not (last / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"--resume {resume}: no {LAST}/ checkpoint there; set "
+                    f"train.checkpoint_every > 0 to write one during training"
+                )
+            trainer.load_state(last)
+        return trainer.fit()
+    finally:
+        if ctx.enabled:
+            distributed.shutdown()
