@@ -140,52 +140,6 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sinusoid_train(a: argparse.Namespace) -> int:
-    """MAML-family training on sinusoid regression (Finn et al. 2017, section 5.1); no image store."""
-    from metashot.checkpoint import build_learner
-    from metashot.config import load_config
-    from metashot.data.sinusoid import sinusoid_source
-    from metashot.train import Trainer
-
-    cfg = load_config(a.config, a.set)
-    if cfg.data.dataset != "sinusoid":
-        raise ValueError(f"{a.config}: data.dataset is {cfg.data.dataset!r}; `metashot sinusoid train` needs "
-                         f"'sinusoid' (use `metashot train` for image datasets)")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    learner = build_learner(dict(cfg.model.__dict__))
-    ep = cfg.episodes
-    source = sinusoid_source(cfg.data.options, ep.shots, ep.queries, ep.meta_batch, cfg.train.seed)
-    summary = Trainer(learner, source, cfg, None, progress=not a.quiet).fit()
-    print(json.dumps(summary))
-    return 0
-
-
-def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
-    """Sinusoid MSE after 1/5/10 fine-tuning steps on K points; optional Figure-2-like PNG."""
-    from metashot.checkpoint import load_checkpoint
-    from metashot.data.sinusoid import finetune_mse, plot_fits
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    learners = {}
-    report = {}
-    for label, path in (("MAML", a.checkpoint), ("pretrained", a.baseline)):
-        if path is None:
-            continue
-        learner, _ = load_checkpoint(path, a.device)
-        if a.inner_lr is not None:
-            learner.inner_lr = a.inner_lr
-        learners[label] = learner
-        res = finetune_mse(learner, a.shots, a.steps, a.tasks, a.queries, a.seed, device=a.device)
-        report[label] = {"checkpoint": str(path), **res}
-    if a.plot:
-        report["plot"] = str(plot_fits(learners, a.plot, a.shots))
-    print(json.dumps(report, indent=None if a.json else 2))
-    return 0
-
-
 def _cmd_data_verify(a: argparse.Namespace) -> int:
     from metashot.data.verify import verify_all
 
@@ -238,28 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", help="run folder with metrics.jsonl")
     pl.add_argument("--output", help="PNG file (default RUN_DIR/learning_curves.png)")
     pl.set_defaults(func=_cmd_plot)
-
-    sn = sub.add_parser("sinusoid", help="sinusoid regression (MAML section 5.1): train / eval")
-    snsub = sn.add_subparsers(dest="sinusoid_command", required=True)
-    st = snsub.add_parser("train", help="meta-train a MAML-family learner (config with dataset sinusoid)")
-    st.add_argument("config")
-    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    st.add_argument("--quiet", action="store_true")
-    st.set_defaults(func=_cmd_sinusoid_train)
-    se = snsub.add_parser("eval", help="MSE after fine-tuning on K points with 1/5/10 steps (Table 2)")
-    se.add_argument("checkpoint", help="MAML checkpoint (run folder or checkpoint folder)")
-    se.add_argument("--baseline", help="a pretrained-on-all-tasks checkpoint (inner_steps=0) to compare")
-    se.add_argument("--shots", type=int, default=5)
-    se.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10])
-    se.add_argument("--tasks", type=int, default=600)
-    se.add_argument("--queries", type=int, default=100)
-    se.add_argument("--seed", type=int, default=4321)
-    se.add_argument("--inner-lr", type=float, help="override the fine-tuning step size")
-    se.add_argument("--plot", help="write a Figure-2-like PNG here (needs matplotlib)")
-    se.add_argument("--device", default="cpu")
-    se.add_argument("--threads", type=int)
-    se.add_argument("--json", action="store_true")
-    se.set_defaults(func=_cmd_sinusoid_eval)
 
     sn = sub.add_parser("sinusoid", help="sinusoid regression (MAML section 5.1): train / eval")
     snsub = sn.add_subparsers(dest="sinusoid_command", required=True)
