@@ -140,6 +140,26 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lake(a: argparse.Namespace) -> int:
+    from metashot.data.lake_runs import load_lake_runs
+    from metashot.lake import evaluate_checkpoint, evaluate_mhd
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if (a.checkpoint is None) == (a.baseline is None):
+        raise ValueError("metashot lake: give either a CHECKPOINT or --baseline mhd (not both)")
+    runs = load_lake_runs(a.root)
+    if a.runs:
+        runs = runs[: a.runs]
+    res = evaluate_mhd(runs) if a.baseline else evaluate_checkpoint(a.checkpoint, runs, a.device)
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"Lake 20-way one-shot, {res['runs']} runs / {res['trials']} trials, {res['method']}: "
+              f"{res['error']:.2f} % error")
+    return 0
+
+
 def _cmd_data_verify(a: argparse.Namespace) -> int:
     from metashot.data.verify import verify_all
 
@@ -214,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--threads", type=int)
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=_cmd_sinusoid_eval)
+
+    lk = sub.add_parser("lake", help="error rate on Lake et al.'s 20-way within-alphabet one-shot runs")
+    lk.add_argument("checkpoint", nargs="?", help="checkpoint folder, run folder or bundled name")
+    lk.add_argument("--baseline", choices=["mhd"], help="training-free baseline instead of a checkpoint")
+    lk.add_argument("--root", help="data root holding omniglot/all_runs.zip (default $METASHOT_DATA)")
+    lk.add_argument("--runs", type=int, help="only the first RUNS runs (default: all 20)")
+    lk.add_argument("--device", default="cpu")
+    lk.add_argument("--threads", type=int)
+    lk.add_argument("--json", action="store_true", help="print one JSON object (error in percent)")
+    lk.set_defaults(func=_cmd_lake)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
