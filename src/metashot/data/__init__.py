@@ -63,5 +63,24 @@ def _folder(split: str, root: Path | None, image_size: int | None, channels: int
     return image_folder(path, spec, **options)
 
 
+def _text_dataset(name: str) -> None:
+    """Register a text dataset: ``split`` as in :func:`metashot.data.text.text_split`; ``image_size`` unused."""
+    def load(split: str, root: Path | None, image_size: int | None, fold: int = 1, encoder: str | None = None,
+             **options: Any) -> ClassStore:
+        from metashot.data.text import intents_split, text_split
+        from metashot.text.encoder import get_encoder
+
+        enc = get_encoder(encoder) if encoder else None
+        if name == "intents":
+            return intents_split(split, root, fold, encoder=enc, **options)
+        return text_split(name, split, root, fold, encoder=enc, **options)
+
+    register_dataset(name)(load)
+
+
+for _name in ("banking77", "clinc150", "hwu64", "intents"):
+    _text_dataset(_name)
+
+
 __all__ = ["ClassStore", "EpisodeBatch", "EpisodeSampler", "ImageSpec", "preprocess", "load_split",
            "register_dataset", "available_datasets"]

