@@ -1,9 +1,9 @@
 """Two processes under torchrun (gloo, CPU) train exactly like one process with the same total meta-batch.
 
-The backbone has no batch norm: ProtoNet's batched meta_loss normalises over every task of the batch at once, so
-with batch norm a rank's share would see different statistics than the full batch. Without it, the loss is a
-mean over tasks, the average of the two ranks' means is the global mean, and the all-reduced gradient equals the
-single-process gradient up to float summation order.
+The backbone has no batch norm: ProtoNet's batched meta_loss normalises over every task of the batch at
+once, so with batch norm a rank's share would see other statistics than the full batch. Without it, the loss
+is a mean over tasks, the average of the two ranks' means is the global mean, and the all-reduced gradient
+equals the single-process gradient up to float summation order.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def test_flat_mlp(hidden: int = 16, out: int = 8) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, out))
 '''
 
-WORKER = BACKBONE + '''
+WORKER = (
+    BACKBONE
+    + """
 import json, sys
 import torch
 from safetensors.torch import save_file
@@ -48,19 +50,37 @@ summary = trainer.fit()
 state = {k: v.detach().contiguous() for k, v in trainer.learner.state_dict().items()}
 save_file(state, f"{sys.argv[2]}/rank{ctx.rank}.safetensors")
 distributed.shutdown()
-'''
+"""
+)
 
 
 def _config(out_dir: Path) -> Config:
-    return Config.from_dict({
-        "name": "dist-test",
-        "data": {"dataset": "omniglot", "image_size": 28},
-        "model": {"algorithm": "protonet", "backbone": "test_flat_mlp", "backbone_args": {"hidden": 16, "out": 8}},
-        "episodes": {"ways": 5, "shots": 1, "queries": 2, "meta_batch": 4},
-        "train": {"steps": 3, "optimizer": "sgd", "lr": 0.05, "lr_schedule": "constant", "log_every": 1, "val_every": 3,
-                  "val_episodes": 4, "checkpoint_every": 2, "threads": 1, "seed": 2, "out_dir": str(out_dir)},
-        "eval": {"ways": 5, "shots": 1, "queries": 2, "meta_batch": 4},
-    })
+    return Config.from_dict(
+        {
+            "name": "dist-test",
+            "data": {"dataset": "omniglot", "image_size": 28},
+            "model": {
+                "algorithm": "protonet",
+                "backbone": "test_flat_mlp",
+                "backbone_args": {"hidden": 16, "out": 8},
+            },
+            "episodes": {"ways": 5, "shots": 1, "queries": 2, "meta_batch": 4},
+            "train": {
+                "steps": 3,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "lr_schedule": "constant",
+                "log_every": 1,
+                "val_every": 3,
+                "val_episodes": 4,
+                "checkpoint_every": 2,
+                "threads": 1,
+                "seed": 2,
+                "out_dir": str(out_dir),
+            },
+            "eval": {"ways": 5, "shots": 1, "queries": 2, "meta_batch": 4},
+        }
+    )
 
 
 def test_task_slices_partition_the_meta_batch() -> None:
@@ -79,8 +99,17 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path: Path, data_root: Path
     worker.write_text(WORKER)
     dist_run = tmp_path / "dist"
     env = dict(os.environ, METASHOT_DATA=str(data_root), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
-           json.dumps(_config(dist_run).to_dict()), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(worker),
+        json.dumps(_config(dist_run).to_dict()),
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # single-process reference with the same total meta-batch, in this process while torchrun starts

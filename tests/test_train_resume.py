@@ -37,8 +37,10 @@ def _cli(*args: str) -> list[str]:
 
 def _records(run: Path) -> list[dict]:
     drop = ("steps_per_s", "episodes_per_s", "elapsed_s")
-    return [{k: v for k, v in json.loads(line).items() if k not in drop}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path: Path, data_root: Path) -> None:
@@ -46,8 +48,13 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path: Path, data_root:
     cfg_file.write_text(CONFIG)
     cut, full = tmp_path / "cut", tmp_path / "full"
     env = dict(os.environ, METASHOT_DATA=str(data_root))
-    proc = subprocess.Popen(_cli("train", str(cfg_file), "--set", f"train.out_dir={cut}", "--quiet"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli("train", str(cfg_file), "--set", f"train.out_dir={cut}", "--quiet"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # The uninterrupted reference runs in this process meanwhile (same code, one thread, same seed).
     threads = torch.get_num_threads()
     try:
@@ -69,8 +76,9 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path: Path, data_root:
     assert load_train_state(cut / "last")[1]["step"] == stopped
     assert not (cut / "final").exists()
 
-    res = subprocess.run(_cli("train", "--resume", str(cut), "--quiet"), env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        _cli("train", "--resume", str(cut), "--quiet"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == STEPS
 
