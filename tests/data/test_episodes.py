@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from _helpers import child_digests, child_report, digest, tagged_store
 
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.data.store import ClassStore
-
-
-def tagged_store(counts: list[int]) -> ClassStore:
-    """A store whose item at row r is the int64 vector [class, index within class, r]: every gathered item
-    says where it came from, so episode structure can be checked exactly."""
-    rows = []
-    for c, n in enumerate(counts):
-        for i in range(n):
-            rows.append([c, i, len(rows)])
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    names = [f"class{c:03d}" for c in range(len(counts))]
-    return ClassStore(torch.tensor(rows, dtype=torch.int64), offsets, names, {"name": "tagged"})
-
-
-def digest(batch: EpisodeBatch) -> str:
-    h = hashlib.sha256()
-    for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.classes):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_structure(b: EpisodeBatch, store: ClassStore) -> None:
@@ -82,24 +59,9 @@ def test_same_seed_same_episodes_different_seed_differs() -> None:
     assert digest(next(it)) == digest(a.sample(0)) and digest(next(it)) == digest(a.sample(1))
 
 
-_CHILD = """
-import hashlib, sys
-sys.path.insert(0, {tests!r})
-from test_episodes import tagged_store, digest
-from metashot.data.episodes import EpisodeSampler
-s = EpisodeSampler(tagged_store([20] * 50 + [7, 9, 13]), 5, 2, 3, seed=2024, tasks_per_batch=6)
-print(" ".join(digest(s.sample(i)) for i in (0, 3, 99)))
-"""
-
-
-def test_same_episodes_in_another_process() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONHASHSEED="12345")
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(tests=here)], capture_output=True, text=True,
-                         timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    s = EpisodeSampler(tagged_store([20] * 50 + [7, 9, 13]), 5, 2, 3, seed=2024, tasks_per_batch=6)
-    assert out.stdout.split() == [digest(s.sample(i)) for i in (0, 3, 99)]
+def test_same_episodes_in_another_process(omniglot_train: ClassStore) -> None:
+    """A fresh interpreter with another hash seed draws exactly these episodes."""
+    assert child_report()["digests"] == child_digests()
 
 
 def _chi2(counts: np.ndarray) -> float:
