@@ -163,3 +163,11 @@ def test_full_omniglot_second_load_is_fast(omniglot_train: ClassStore) -> None:
     assert report["classes"] == 4112
     print(f"cached Omniglot train load: {report['load_s']:.3f} s (import {report['import_s']:.3f} s)")
     assert report["load_s"] < 10.0
+
+
+def test_unwritable_cache_still_gives_the_store(tmp_path: Path, source: Path) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="cannot write the store cache"):
+        s = cached_store("toy", [source], {}, _Builder([2, 3]), cache_dir=blocker / "cache")
+    assert s.counts.tolist() == [2, 3] and len(s) == 5

@@ -91,9 +91,9 @@ class EpisodeSampler:
         if len(short):
             c = int(short[0])
             raise ValueError(
-                f"EpisodeSampler: class {store.class_names[c]!r} has {int(counts[c])} items but shots + queries = "
-                f"{shots} + {queries} = {need}; {len(short)} class(es) are this short. Lower shots/queries "
-                f"or remove those classes"
+                f"EpisodeSampler: class {store.class_names[c]!r} has {int(counts[c])} items but "
+                f"shots + queries = {shots} + {queries} = {need}; {len(short)} class(es) are this short. "
+                f"Lower shots/queries or remove those classes"
             )
         self.store = store
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)

@@ -47,7 +47,8 @@ class ImageSpec:
         if self.size < 1:
             raise ValueError(f"ImageSpec.size must be positive, got {self.size}")
         if self.resize_filter not in _FILTERS:
-            raise ValueError(f"ImageSpec.resize_filter {self.resize_filter!r} is not one of {sorted(_FILTERS)}")
+            raise ValueError(f"ImageSpec.resize_filter {self.resize_filter!r} is not one of "
+                             f"{sorted(_FILTERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,8 @@ def to_pil(image: Any, source: str = "image") -> Image.Image:
         if arr.ndim not in (2, 3):
             raise ValueError(f"{source}: array image must be HxW, HxWxC or CxHxW, got shape {arr.shape}")
         return Image.fromarray(arr)
-    raise TypeError(f"{source}: unsupported image type {type(image).__name__}; use a PIL image, path or uint8 array")
+    raise TypeError(f"{source}: unsupported image type {type(image).__name__}; use a PIL image, path or "
+                    f"uint8 array")
 
 
 def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray:

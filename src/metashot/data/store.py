@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,8 @@ class ClassStore:
             self._n2i = cached
         return cached
 
-    def subset(self, classes: Sequence[int] | Sequence[str], meta: dict[str, Any] | None = None) -> ClassStore:
+    def subset(self, classes: Sequence[int] | Sequence[str],
+               meta: dict[str, Any] | None = None) -> ClassStore:
         """A new store holding only ``classes`` (indices or names), in the order given."""
         idx = [self.index(c) if isinstance(c, str) else int(c) for c in classes]
         if not idx:
@@ -99,7 +101,8 @@ class ClassStore:
         offsets = np.concatenate([[0], np.cumsum(counts)])
         return ClassStore(images, offsets, [self.class_names[i] for i in idx], dict(meta or self.meta))
 
-    def with_rotations(self, angles: Sequence[int] = (0, 90, 180, 270), fmt: str = "{name}/rot{angle:03d}") -> ClassStore:
+    def with_rotations(self, angles: Sequence[int] = (0, 90, 180, 270),
+                       fmt: str = "{name}/rot{angle:03d}") -> ClassStore:
         """Rotations as new classes, applied per CLASS: every image of a new class has that class's rotation.
 
         Returns a store with ``len(angles) * num_classes`` classes; class ``name`` rotated by ``a`` degrees
@@ -114,7 +117,7 @@ class ClassStore:
         blocks, names = [], []
         for c, name in enumerate(self.class_names):
             lo, hi = int(self.offsets[c]), int(self.offsets[c + 1])
-            for a, r in zip(angles, rotated):
+            for a, r in zip(angles, rotated, strict=True):
                 blocks.append(r[lo:hi])
                 names.append(fmt.format(name=name, angle=a))
         images = torch.cat(blocks)
@@ -167,11 +170,16 @@ def cached_store(
     images, counts, names = build()
     images = np.ascontiguousarray(images)
     offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save_npy(npy, images)
     info = {"shape": list(images.shape), "offsets": offsets.tolist(), "class_names": list(names),
             "meta": meta or {}, "params": params}
-    _atomic_write_text(js, json.dumps(info))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npy(npy, images)
+        _atomic_write_text(js, json.dumps(info))
+    except OSError as e:  # read-only or full disk: still usable, only not cached
+        warnings.warn(f"cannot write the store cache {npy} ({e}); using it from memory. Set METASHOT_CACHE "
+                      f"to a writable folder to decode it only once", stacklevel=2)
+        return ClassStore(torch.from_numpy(images), offsets, list(names), dict(meta or {}))
     arr = np.load(npy, mmap_mode="c")
     return ClassStore(torch.from_numpy(arr), offsets, list(names), dict(meta or {}, cache=str(npy)))
 
