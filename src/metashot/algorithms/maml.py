@@ -96,6 +96,7 @@ class MAML(MetaLearner):
                 raise ValueError(f"{name}: adapt='head' but the backbone has no parameter whose name starts "
                                  f"with {head_prefix!r} (it has {have}...); set algorithm_args.head_prefix")
         self.adapted_names: list[str] = names
+        self._out_dim: int | None = None
         if self.learn_inner_lr:
             shapes = dict(backbone.named_parameters())
             self.inner_lrs = nn.ParameterDict({
@@ -134,13 +135,20 @@ class MAML(MetaLearner):
                          vectorized=vectorized, checkpoint=checkpoint)
         return {**fixed, **fast}
 
-    def _check_outputs(self, out: torch.Tensor, ways: int) -> None:
-        if self.loss == "cross_entropy" and out.shape[-1] != ways:
+    def _check_ways(self, x: torch.Tensor, ways: int) -> None:
+        """Error unless the backbone has ``ways`` outputs (probed once on two items of ``x`` [B, *item])."""
+        if self.loss != "cross_entropy":
+            return
+        if self._out_dim is None:
+            with torch.no_grad():
+                params, buffers = params_and_buffers(self.backbone)
+                self._out_dim = int(self.forward_with(params, buffers, x[:2]).shape[-1])
+        if self._out_dim != ways:
+            n = self._out_dim
             raise ValueError(
-                f"{type(self).__name__}: the backbone outputs {out.shape[-1]} logits but the task has {ways} "
-                f"classes. MAML's head is part of the meta-learned initialisation, so a learner trained for "
-                f"{out.shape[-1]} ways only adapts to {out.shape[-1]}-way tasks; train (or load) one with "
-                f"backbone_args.out_features={ways}")
+                f"{type(self).__name__}: the backbone outputs {n} logits but the task has {ways} classes. "
+                f"MAML's head is part of the meta-learned initialisation, so a learner trained for {n} ways "
+                f"only adapts to {n}-way tasks; train (or load) one with backbone_args.out_features={ways}")
 
     # ----- the meta-objective ------------------------------------------------------------------------
 
@@ -178,22 +186,20 @@ class MAML(MetaLearner):
 
     def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss of the adapted networks over the meta-batch (Eq. 2); ``loss``/``acc`` metrics."""
+        self._check_ways(batch.support_x[0], batch.ways)
         with torch.enable_grad():
             out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
         if self.loss == "mse":
             loss = F.mse_loss(out, batch.query_y)
             return loss, {"loss": float(loss.detach())}
-        self._check_outputs(out, batch.ways)
         loss = F.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
         acc = (out.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc)}
 
     def predict_batch(self, batch: Any) -> torch.Tensor:
+        self._check_ways(batch.support_x[0], batch.ways)
         with torch.enable_grad():
-            out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x).detach()
-        if self.loss == "cross_entropy":
-            self._check_outputs(out, batch.ways)
-        return out
+            return self.query_outputs(batch.support_x, batch.support_y, batch.query_x).detach()
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Predictor:
         """Fine-tune a copy of the parameters on one support set; the predictor is the adapted network.
@@ -211,10 +217,7 @@ class MAML(MetaLearner):
                 for k in self.adapted_names:
                     params[k].requires_grad_(True)
             if self.loss == "cross_entropy":
-                ways = int(support_y.max()) + 1
-                with torch.no_grad():
-                    probe = self.forward_with(params, buffers, support_x[:2])
-                self._check_outputs(probe, ways)
+                self._check_ways(support_x, int(support_y.max()) + 1)
             adapted = self.adapt_params(params, buffers, support_x, support_y, steps, first_order,
                                         vectorized=False, checkpoint=self.checkpoint_inner)
         if not self.training:

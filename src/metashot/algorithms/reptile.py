@@ -62,6 +62,7 @@ class Reptile(MAML):
         return {k: v.detach() for k, v in phi.items()}
 
     def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        self._check_ways(batch.support_x[0], batch.ways)
         phi = self.task_weights(batch.support_x, batch.support_y)
         theta = dict(self.backbone.named_parameters())
         surrogate = sum(0.5 * (theta[k].unsqueeze(0) - phi[k]).pow(2).flatten(1).sum(1).mean()
@@ -76,8 +77,8 @@ class Reptile(MAML):
 
             out = torch.vmap(query, randomness="different")(phi, batch.query_x)
         if self.loss == "mse":
-            return surrogate, {"loss": float(F.mse_loss(out, batch.query_y)), "reptile_sq": float(surrogate)}
-        self._check_outputs(out, batch.ways)
+            return surrogate, {"loss": float(F.mse_loss(out, batch.query_y)),
+                               "reptile_sq": float(surrogate.detach())}
         qloss = F.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
         acc = (out.argmax(-1) == batch.query_y).float().mean()
-        return surrogate, {"loss": float(qloss), "acc": float(acc), "reptile_sq": float(surrogate)}
+        return surrogate, {"loss": float(qloss), "acc": float(acc), "reptile_sq": float(surrogate.detach())}
