@@ -1,0 +1,292 @@
+"""Siamese networks: twin encoders with shared weights trained on same/different pairs.
+
+Two pair losses over the embeddings f(x1), f(x2) of one encoder, with y = 1 for a same-class pair:
+
+* contrastive (Chopra, Hadsell & LeCun 2005; Hadsell, Chopra & LeCun 2006), d = ||f(x1) - f(x2)||_2:
+  ``L = y * d + (1 - y) * max(0, m - d)``, or with ``squared=True`` the form of Hadsell et al. 2006:
+  ``L = y * d^2 / 2 + (1 - y) * max(0, m - d)^2 / 2``.
+* Koch, Zemel & Salakhutdinov 2015 ("Siamese neural networks for one-shot image recognition"):
+  ``p = sigmoid(sum_j alpha_j |f_j(x1) - f_j(x2)| + b)`` (a learned weighted L1 distance), trained with
+  binary cross-entropy against y, with random affine distortions of the training images as augmentation.
+
+Few-shot prediction compares a query with every support item: the query takes the class of the most similar
+support item, and for K > 1 shots the class with the best mean similarity (similarity = -d for the
+contrastive models, p for Koch's).
+
+How it plugs into the Trainer (design decision): ``meta_loss`` builds the pairs from an ordinary episode
+batch, every (query, support item) pair of each episode, and weights the same-class and different-class pairs
+equally (half of the loss each), which is the expectation of a balanced pair sampler. So ``metashot train``
+works unchanged with the usual :class:`~metashot.data.episodes.EpisodeSampler`; 2-way 1-shot episodes with
+one query give exactly one same and one different pair each. :class:`PairSampler` draws balanced, seeded
+pairs from a store directly; it is used for verification accuracy on held-out pairs
+(:func:`verification_accuracy`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.data.episodes import EpisodeBatch
+from metashot.data.preprocess import to_float
+from metashot.data.store import ClassStore
+
+LOSSES = ("contrastive", "koch")
+
+
+def feature_dim(backbone: nn.Module, item_shape: tuple[int, ...] | list[int]) -> int:
+    """Flattened output size of ``backbone`` on one item of ``item_shape`` (a dummy forward in eval mode)."""
+    was = backbone.training
+    backbone.eval()
+    p = next(iter(backbone.parameters()), None)
+    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
+    with torch.no_grad():
+        out = backbone(torch.zeros(2, *item_shape, **kw))
+    backbone.train(was)
+    return int(out.reshape(2, -1).shape[1])
+
+
+def contrastive_loss(d: torch.Tensor, same: torch.Tensor, margin: float = 1.0,
+                     squared: bool = False) -> torch.Tensor:
+    """Per-pair contrastive loss: d [P] distances (>= 0), same [P] (1 same class, 0 different) -> [P].
+
+    ``squared=False``: y * d + (1 - y) * max(0, m - d).
+    ``squared=True`` (Hadsell et al. 2006): y * d^2 / 2 + (1 - y) * max(0, m - d)^2 / 2.
+    """
+    y = same.to(d.dtype)
+    hinge = (margin - d).clamp_min(0)
+    if squared:
+        return 0.5 * (y * d.pow(2) + (1 - y) * hinge.pow(2))
+    return y * d + (1 - y) * hinge
+
+
+def balanced_mean(values: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Half the mean over same-class pairs plus half the mean over different-class pairs (or either alone)."""
+    same = same.bool()
+    parts = [values[m].mean() for m in (same, ~same) if bool(m.any())]
+    return torch.stack(parts).mean()
+
+
+def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between rows: a [..., M, D], b [..., S, D] -> [..., M, S] (finite gradient at 0)."""
+    sq = (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
+    return (sq + 1e-12).sqrt()
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, rotation: float = 10.0,
+                  shear: float = 0.3, scale: tuple[float, float] = (0.8, 1.2), translate: float = 2 / 105,
+                  prob: float = 0.5) -> torch.Tensor:
+    """Koch et al.'s affine distortions: x [B, C, H, W] float -> same shape.
+
+    Each image independently gets, each with probability ``prob``: a rotation in [-rotation, rotation]
+    degrees, shears in [-shear, shear], scales in ``scale`` and translations in [-translate, translate]
+    (a fraction of the image side; Koch used +-2 pixels of 105). Bilinear resampling, zero (background) fill.
+    """
+    B = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        r = torch.rand(B, generator=generator, device="cpu").to(dev)
+        on = (torch.rand(B, generator=generator, device="cpu") < prob).to(dev)
+        neutral = torch.full_like(r, 0.0 if lo < 0 else 1.0)
+        return torch.where(on, lo + (hi - lo) * r, neutral)
+
+    th = u(-rotation, rotation) * math.pi / 180
+    sx, sy = u(-shear, shear), u(-shear, shear)
+    kx, ky = u(*scale), u(*scale)
+    tx, ty = u(-translate, translate) * 2, u(-translate, translate) * 2  # grid coordinates span [-1, 1]
+    rot = torch.stack([torch.stack([th.cos(), -th.sin()], -1), torch.stack([th.sin(), th.cos()], -1)], -2)
+    one = torch.ones_like(sx)
+    sh = torch.stack([torch.stack([one, sx], -1), torch.stack([sy, one], -1)], -2)
+    sc = torch.diag_embed(torch.stack([1 / kx, 1 / ky], -1))
+    theta = torch.cat([rot @ sh @ sc, torch.stack([tx, ty], -1).unsqueeze(-1)], -1).to(x.dtype)  # [B, 2, 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@register("siamese")
+class SiameseNet(MetaLearner):
+    """Siamese network (Koch, Zemel & Salakhutdinov, ICML DL workshop 2015; Hadsell, Chopra & LeCun 2006).
+
+    ``loss="contrastive"``: L = y d + (1 - y) max(0, m - d), d = ||f(x1) - f(x2)||_2 (``squared=True``:
+    L = y d^2/2 + (1 - y) max(0, m - d)^2/2). ``loss="koch"``:
+    p = sigmoid(sum_j alpha_j |f_j(x1) - f_j(x2)| + b), L = BCE(p, y). A query gets the class with the best
+    mean similarity to its support items (-d, or p).
+
+    Args:
+        backbone: shared encoder f, [B, *item] -> [B, D] (flattened).
+        loss: ``contrastive`` or ``koch``.
+        margin: m of the contrastive loss.
+        squared: Hadsell et al.'s squared contrastive form.
+        distort: apply Koch's random affine distortions to training images (in ``meta_loss`` only).
+        input_shape: item shape [C, H, W], needed to size Koch's alpha (the encoder's output dimension).
+    """
+
+    def __init__(self, backbone: nn.Module, loss: str = "contrastive", margin: float = 1.0,
+                 squared: bool = False, distort: bool = False,
+                 input_shape: list[int] | tuple[int, ...] = (1, 28, 28)) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"SiameseNet: loss must be one of {LOSSES}, got {loss!r}")
+        if margin <= 0:
+            raise ValueError(f"SiameseNet: margin must be positive, got {margin}")
+        self.backbone = backbone
+        self.loss, self.margin, self.squared, self.distort = loss, float(margin), bool(squared), bool(distort)
+        self.input_shape = [int(v) for v in input_shape]
+        self.head = nn.Linear(feature_dim(backbone, self.input_shape), 1) if loss == "koch" else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x).flatten(1)
+
+    def pair_scores(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        """Raw pair scores between rows: za [..., M, D], zb [..., S, D] -> [..., M, S].
+
+        The Euclidean distance d (contrastive; small = similar) or Koch's logit (large = similar).
+        """
+        if self.head is None:
+            return euclidean(za, zb)
+        return self.head((za.unsqueeze(-2) - zb.unsqueeze(-3)).abs()).squeeze(-1)
+
+    def similarity(self, scores: torch.Tensor) -> torch.Tensor:
+        """Pair scores -> similarities (larger = more alike): -d, or Koch's probability p."""
+        return torch.sigmoid(scores) if self.head is not None else -scores
+
+    def pair_loss(self, scores: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        """Per-pair loss of raw pair scores [P] against same [P] (1 same class, 0 different) -> [P]."""
+        if self.head is None:
+            return contrastive_loss(scores, same, self.margin, self.squared)
+        return F.binary_cross_entropy_with_logits(scores, same.to(scores.dtype), reduction="none")
+
+    def same_class(self, scores: torch.Tensor) -> torch.Tensor:
+        """Verification decision: d < m / 2 (contrastive) or p > 1/2 (Koch). Bool, shape of ``scores``."""
+        return scores > 0 if self.head is not None else scores < self.margin / 2
+
+    def _class_logits(self, scores: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
+        """Mean similarity of each query to each class's support items: scores [..., M, S] -> [..., M, N]."""
+        onehot = F.one_hot(support_y, ways).to(scores.dtype)  # [..., S, N]
+        counts = onehot.sum(-2, keepdim=True)
+        if bool((counts == 0).any()):
+            raise ValueError(f"SiameseNet: a class in 0..{ways - 1} has no support example; labels must "
+                             f"be 0..N-1")
+        return self.similarity(scores) @ onehot / counts
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        ways = int(support_y.max()) + 1
+        zs = self.embed(support_x)
+
+        def predictor(query_x: torch.Tensor) -> torch.Tensor:
+            return self._class_logits(self.pair_scores(self.embed(query_x), zs), support_y, ways)
+
+        return predictor
+
+    def _episode_scores(self, batch: EpisodeBatch, distort: bool) -> torch.Tensor:
+        T, S = batch.support_x.shape[:2]
+        Q = batch.query_x.shape[1]
+        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        if distort:
+            x = random_affine(x)
+        z = self.embed(x)
+        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        return self.pair_scores(zq, zs)  # [T, Q, S]
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Balanced pair loss over every (query, support) pair of each episode; ``acc``: few-shot accuracy."""
+        scores = self._episode_scores(batch, self.distort and self.training)
+        same = batch.query_y.unsqueeze(-1) == batch.support_y.unsqueeze(-2)  # [T, Q, S]
+        loss = balanced_mean(self.pair_loss(scores.flatten(), same.flatten()), same.flatten())
+        logits = self._class_logits(scores.detach(), batch.support_y, batch.ways)
+        acc = (logits.argmax(-1) == batch.query_y).float().mean()
+        verif = (self.same_class(scores.detach()) == same).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc), "verification_acc": float(verif)}
+
+    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+        if self.training:
+            return super().predict_batch(batch)
+        return self._class_logits(self._episode_scores(batch, False), batch.support_y, batch.ways).detach()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "margin": self.margin, "squared": self.squared, "distort": self.distort,
+                "input_shape": self.input_shape}
+
+
+@dataclass
+class PairBatch:
+    """Pairs of items: x1, x2 [P, *item] (uint8 or float), same [P] bool (True = same class)."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    same: torch.Tensor
+
+
+class PairSampler:
+    """Balanced, seeded same/different pairs from a store: batch ``i`` is a pure function of (seed, i).
+
+    Each batch has ``pairs // 2`` same-class pairs (two distinct items of one uniformly drawn class) and
+    ``pairs - pairs // 2`` different-class pairs (one item each of two distinct classes), shuffled.
+
+    Raises:
+        ValueError: fewer than 2 classes, or no class with 2 items.
+    """
+
+    def __init__(self, store: ClassStore, pairs: int = 64, seed: int = 0) -> None:
+        if pairs < 2:
+            raise ValueError(f"PairSampler: pairs must be >= 2, got {pairs}")
+        if store.num_classes < 2:
+            raise ValueError(f"PairSampler: the store has {store.num_classes} class(es); pairs need >= 2")
+        self.store, self.pairs, self.seed = store, int(pairs), int(seed)
+        self._counts = store.counts
+        self._multi = np.flatnonzero(self._counts >= 2)
+        if len(self._multi) == 0:
+            raise ValueError("PairSampler: no class has 2 items, so no same-class pair exists")
+
+    def indices(self, batch_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Store rows a [P], b [P] and same [P] bool of batch ``batch_index`` (no image touched)."""
+        rng = np.random.default_rng([self.seed, int(batch_index)])
+        n_same = self.pairs // 2
+        n_diff = self.pairs - n_same
+        off, cnt = self.store.offsets, self._counts
+        c = self._multi[rng.integers(0, len(self._multi), n_same)]
+        i = rng.integers(0, cnt[c])
+        j = (i + rng.integers(1, cnt[c])) % cnt[c]  # a different item of the same class
+        c1 = rng.integers(0, self.store.num_classes, n_diff)
+        c2 = (c1 + rng.integers(1, self.store.num_classes, n_diff)) % self.store.num_classes
+        a = np.concatenate([off[c] + i, off[c1] + rng.integers(0, cnt[c1])])
+        b = np.concatenate([off[c] + j, off[c2] + rng.integers(0, cnt[c2])])
+        same = np.concatenate([np.ones(n_same, bool), np.zeros(n_diff, bool)])
+        order = rng.permutation(self.pairs)
+        return a[order], b[order], same[order]
+
+    def sample(self, batch_index: int) -> PairBatch:
+        a, b, same = self.indices(batch_index)
+        imgs = self.store.images
+        return PairBatch(imgs[torch.from_numpy(a)], imgs[torch.from_numpy(b)], torch.from_numpy(same))
+
+
+def verification_accuracy(learner: SiameseNet, store: ClassStore, pairs: int = 2000, seed: int = 4321,
+                          batch: int = 500, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Same/different accuracy (percent) on ``pairs`` balanced held-out pairs of ``store`` (seeded)."""
+    sampler = PairSampler(store, batch, seed)
+    was = learner.training
+    learner.eval()
+    correct = total = 0
+    try:
+        with torch.inference_mode():
+            for i in range(math.ceil(pairs / batch)):
+                pb = sampler.sample(i)
+                n = min(batch, pairs - total)
+                z1 = learner.embed(to_float(pb.x1[:n].to(device)))
+                z2 = learner.embed(to_float(pb.x2[:n].to(device)))
+                scores = learner.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
+                correct += int((learner.same_class(scores).cpu() == pb.same[:n]).sum())
+                total += n
+    finally:
+        learner.train(was)
+    return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
+            "dataset": store.meta.get("name", "?")}
