@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _helpers import child_digests, child_report, digest, tagged_store
 
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.data.store import ClassStore
+
+from ._helpers import child_digests, child_report, digest, tagged_store
 
 
 def check_structure(b: EpisodeBatch, store: ClassStore) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import child_report
 
 from metashot.data import omniglot as omniglot_mod
 from metashot.data.store import ClassStore, cached_store, fingerprint
+
+from ._helpers import child_report
 
 
 def _toy(counts: list[int], size: int = 4) -> tuple[np.ndarray, list[int], list[str]]:
