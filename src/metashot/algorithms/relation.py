@@ -1,0 +1,122 @@
+"""Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.data.episodes import EpisodeBatch
+from metashot.nn.backbones import conv_block, register_backbone
+
+
+@register_backbone("conv4_maps")
+def conv4_maps(in_channels: int = 1, hidden: int = 64, depth: int = 4, pools: int = 2) -> nn.Module:
+    """Relation Networks' embedding: depth x [3x3 conv, BN, ReLU], 2x2 max-pool after the first ``pools``.
+
+    Returns feature maps, not vectors: [B, C, H, W] -> [B, hidden, H / 2^pools, W / 2^pools] (28x28 -> 7x7).
+    """
+    if not 0 <= pools <= depth:
+        raise ValueError(f"conv4_maps: pools must be in 0..depth={depth}, got {pools}")
+    chans = [in_channels] + [hidden] * depth
+    return nn.Sequential(*[conv_block(chans[i], chans[i + 1], pool=i < pools) for i in range(depth)])
+
+
+class RelationModule(nn.Module):
+    """g_phi: concatenated feature maps [P, 2C, h, w] -> relation scores in (0, 1), [P].
+
+    Two [3x3 conv, BN, ReLU, 2x2 max-pool] blocks, then FC-ReLU-FC-sigmoid (the paper's module).
+    """
+
+    def __init__(self, channels: int, map_shape: tuple[int, int], hidden: int = 8) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(conv_block(2 * channels, channels), conv_block(channels, channels))
+        with torch.no_grad():
+            flat = self.convs.eval()(torch.zeros(1, 2 * channels, *map_shape)).numel()
+        self.convs.train()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.convs(pairs))).squeeze(-1)
+
+
+@register("relation")
+class RelationNet(MetaLearner):
+    """Relation Networks (Sung et al., CVPR 2018).
+
+    r_{i,j} = g_phi(C(f(x_i), f(x_j))) (Eq. 1): the relation score of query x_j and class i, with f the
+    embedding (feature maps), C the channel-wise concatenation and x_i the class's support feature map (for
+    K > 1 shots, the element-wise sum of the class's support feature maps). Trained with the mean squared
+    error against one-hot targets, sum_i sum_j (r_{i,j} - 1(y_i == y_j))^2 (Eq. 2, averaged here). The
+    predictor returns the scores [M, N].
+
+    Args:
+        backbone: feature-map embedding (e.g. ``conv4_maps``), [B, *item] -> [B, C, h, w].
+        input_shape: item shape [C, H, W], used to size the relation module.
+        hidden: width of the relation module's hidden FC layer (8 in the paper).
+    """
+
+    def __init__(self, backbone: nn.Module, input_shape: list[int] | tuple[int, ...] = (1, 28, 28),
+                 hidden: int = 8) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_shape = [int(v) for v in input_shape]
+        self.hidden = int(hidden)
+        was = backbone.training
+        with torch.no_grad():
+            p = next(iter(backbone.parameters()), None)
+            dev = {"device": p.device} if p is not None else {}
+            out = backbone.eval()(torch.zeros(2, *self.input_shape, **dev))
+        backbone.train(was)
+        if out.dim() != 4:
+            raise ValueError(f"RelationNet: the backbone must return feature maps [B, C, h, w], got shape "
+                             f"{tuple(out.shape)}; use a map backbone such as conv4_maps")
+        self.relation = RelationModule(out.shape[1], (out.shape[2], out.shape[3]), self.hidden)
+
+    def _scores(self, fs: torch.Tensor, support_y: torch.Tensor, fq: torch.Tensor, ways: int) -> torch.Tensor:
+        """fs [T, S, C, h, w], support_y [T, S], fq [T, M, C, h, w] -> relation scores [T, M, N]."""
+        onehot = F.one_hot(support_y, ways).to(fs.dtype)  # [T, S, N]
+        if bool((onehot.sum(1) == 0).any()):
+            raise ValueError(f"RelationNet: a class in 0..{ways - 1} has no support example; labels must be "
+                             f"0..N-1")
+        protos = torch.einsum("tsn,tschw->tnchw", onehot, fs)  # sum over each class's shots
+        T, M = fq.shape[:2]
+        pairs = torch.cat([protos.unsqueeze(1).expand(T, M, *protos.shape[1:]),
+                           fq.unsqueeze(2).expand(T, M, ways, *fq.shape[2:])], dim=3)  # [T, M, N, 2C, h, w]
+        return self.relation(pairs.flatten(0, 2)).view(T, M, ways)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        ways = int(support_y.max()) + 1
+        fs = self.backbone(support_x).unsqueeze(0)
+
+        def predictor(query_x: torch.Tensor) -> torch.Tensor:
+            return self._scores(fs, support_y.unsqueeze(0), self.backbone(query_x).unsqueeze(0), ways)[0]
+
+        return predictor
+
+    def task_loss(self, logits: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits, F.one_hot(query_y, logits.shape[-1]).to(logits.dtype))
+
+    def _batched(self, batch: EpisodeBatch) -> torch.Tensor:
+        T, S = batch.support_x.shape[:2]
+        Q = batch.query_x.shape[1]
+        f = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        return self._scores(f[: T * S].view(T, S, *f.shape[1:]), batch.support_y,
+                            f[T * S :].view(T, Q, *f.shape[1:]), batch.ways)
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        scores = self._batched(batch)
+        loss = self.task_loss(scores.flatten(0, 1), batch.query_y.flatten())
+        acc = (scores.argmax(-1) == batch.query_y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+        if self.training:
+            return super().predict_batch(batch)
+        return self._batched(batch).detach()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"input_shape": self.input_shape, "hidden": self.hidden}
