@@ -168,7 +168,7 @@ def _cmd_data_verify(a: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         for name, r in report.items():
-            print(f"{name:28s} {r['status']:8s} {r.get('detail', '')}")
+            print(f"{name:34s} {r['status']:8s} {r.get('detail', '')}")
     return 0 if all(r["status"] in ("ok", "missing") for r in report.values()) else 1
 
 
