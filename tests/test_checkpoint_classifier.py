@@ -26,7 +26,7 @@ def _tiny(tmp_path, name="ck"):
 def test_roundtrip_exact(tmp_path):
     learner, path = _tiny(tmp_path)
     loaded, meta = load_checkpoint(path)
-    for (k, a), (k2, b) in zip(learner.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(learner.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     assert meta["algorithm"] == "protonet" and meta["image_spec"] == SPEC
     assert not any(p.suffix in (".pt", ".pth", ".pkl") for p in path.iterdir())

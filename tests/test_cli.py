@@ -52,7 +52,8 @@ def test_predict_csv(tmp_path, data_root, capsys):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(qry / f"q{i}.jpg")
     csv_path = tmp_path / "pred.csv"
-    assert main(["predict", str(out), "--support", str(sup), "--query", str(qry), "--output", str(csv_path)]) == 0
+    args = ["predict", str(out), "--support", str(sup), "--query", str(qry), "--output", str(csv_path)]
+    assert main(args) == 0
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 3 and {r["label"] for r in rows} <= {"alpha", "beta"}
     assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)

@@ -44,8 +44,10 @@ class _Chance(MetaLearner):
 
 def _toy_store(classes=10, per=6):
     # every image of class c is the constant c*20: a perfect learner gets 100%
-    imgs = torch.arange(classes).repeat_interleave(per).mul(20).to(torch.uint8)[:, None, None, None].expand(-1, 1, 4, 4)
-    return ClassStore(imgs.contiguous(), np.arange(0, classes * per + 1, per), [f"c{i}" for i in range(classes)],
+    imgs = torch.arange(classes).repeat_interleave(per).mul(20).to(torch.uint8)
+    imgs = imgs[:, None, None, None].expand(-1, 1, 4, 4).contiguous()
+    names = [f"c{i}" for i in range(classes)]
+    return ClassStore(imgs, np.arange(0, classes * per + 1, per), names,
                       {"name": "toy"})
 
 

@@ -64,7 +64,8 @@ def evaluate(learner: MetaLearner, store: ClassStore, ways: int = 5, shots: int 
              device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
     """Evaluate on fixed seeded episodes. Returns ``acc`` and ``ci95`` in percent plus the protocol."""
     t0 = time.perf_counter()
-    accs = episode_accuracies(learner, store, ways, shots, queries, episodes, seed, meta_batch, device, progress)
+    accs = episode_accuracies(learner, store, ways, shots, queries, episodes, seed, meta_batch, device,
+                              progress)
     mean, ci = mean_ci95(accs)
     return {
         "acc": round(100 * mean, 4), "ci95": round(100 * ci, 4), "episodes": episodes, "ways": ways,

@@ -42,7 +42,8 @@ def test_batched_loss_equals_per_task_reference_in_eval_mode():
     fast, _ = learner.meta_loss(batch)
     ref, _ = super(ProtoNet, learner).meta_loss(batch)
     assert torch.allclose(fast, ref, rtol=1e-12)
-    assert torch.allclose(learner.predict_batch(batch), super(ProtoNet, learner).predict_batch(batch), rtol=1e-10)
+    reference = super(ProtoNet, learner).predict_batch(batch)
+    assert torch.allclose(learner.predict_batch(batch), reference, rtol=1e-10)
 
 
 def test_short_omniglot_training_learns(omniglot_train, omniglot_test, tmp_path):

@@ -24,7 +24,8 @@ def class_means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
 
 def sq_euclidean(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distance between rows: q [..., M, D], p [..., N, D] -> [..., M, N]."""
-    return (q.pow(2).sum(-1, keepdim=True) - 2 * q @ p.transpose(-1, -2) + p.pow(2).sum(-1).unsqueeze(-2)).clamp_min(0)
+    d = q.pow(2).sum(-1, keepdim=True) - 2 * q @ p.transpose(-1, -2) + p.pow(2).sum(-1).unsqueeze(-2)
+    return d.clamp_min(0)
 
 
 @register("protonet")

@@ -1,5 +1,5 @@
 """Backbones and functional helpers."""
 
-from metashot.nn.backbones import build_backbone, available_backbones
+from metashot.nn.backbones import available_backbones, build_backbone
 
 __all__ = ["build_backbone", "available_backbones"]
