@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
 from metashot.nn.backbones import output_dim
+from metashot.nn.functional import functional_forward
 
 
 def preprocess_gradient(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -101,8 +101,9 @@ class MetaLSTMOptimizer(nn.Module):
 def _batch_stats_only(module: nn.Module) -> None:
     """Make every batch-norm layer normalise with the current batch's statistics, in training and evaluation.
 
-    This is the paper's choice for the learner (it never accumulates running statistics, so a forward never
-    mutates the module). The running buffers are removed, so checkpoints do not carry them.
+    This is the paper's choice for the learner. :func:`functional_forward` with ``bn="batch"`` already ignores
+    running statistics; removing the buffers keeps unused tensors out of checkpoints and makes a plain
+    ``backbone(x)`` call behave the same way.
     """
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -132,13 +133,12 @@ class MetaLSTM(MetaLearner):
     the path theta_{t-1} -> theta_t through the cell state and the gates is kept. ``second_order=True`` keeps
     the full graph instead (an ablation, and what the float64 gradient check in the tests verifies).
 
-    The learner is ``backbone`` followed by a linear ``head`` of ``ways`` outputs; its batch-norm layers use
+    The learner is ``backbone`` followed by a linear ``head`` of ``ways`` outputs (``head=False`` for a
+    backbone that already ends in an N-way layer, e.g. ``maml_omniglot``). It runs as a pure function of a
+    flat parameter vector through :func:`metashot.nn.functional.functional_forward`; its batch-norm layers use
     the current batch's statistics in meta-training and meta-testing, as in the paper (so predictions on a
-    query batch are normalised with that batch's statistics, like MAML's transductive setting). Tasks with
-    fewer than ``ways`` classes use the head's first rows.
-
-    Note: this file holds its own minimal functional forward (``torch.func.functional_call`` on the backbone
-    with a parameter dict, written before ``metashot.nn.functional`` existed); it needs nothing beyond that.
+    query batch are normalised with that batch's statistics, like MAML's transductive setting). With the
+    head, tasks with fewer than ``ways`` classes use its first rows.
 
     Args:
         backbone: feature network [B, *item_shape] -> [B, D] (any shape; flattened), e.g. conv4.
@@ -148,13 +148,15 @@ class MetaLSTM(MetaLearner):
         hidden_size: units of the first LSTM layer (the authors: 20).
         preprocess_p: p of the gradient/loss preprocessing (10).
         second_order: differentiate through the gradients (not in the paper).
+        head: add the linear N-way head; False if the backbone's output [B, ways] already is the logits.
     """
 
     adapt_needs_grad = True
 
     def __init__(self, backbone: nn.Module, ways: int = 5,
                  item_shape: tuple[int, ...] | list[int] = (1, 28, 28), inner_steps: int = 12,
-                 hidden_size: int = 20, preprocess_p: float = 10.0, second_order: bool = False) -> None:
+                 hidden_size: int = 20, preprocess_p: float = 10.0, second_order: bool = False,
+                 head: bool = True) -> None:
         super().__init__()
         for name, v in (("ways", ways), ("inner_steps", inner_steps), ("hidden_size", hidden_size)):
             if int(v) != v or v < 1:
@@ -168,7 +170,14 @@ class MetaLSTM(MetaLearner):
         except RuntimeError as e:
             raise ValueError(f"MetaLSTM: the backbone does not accept items of shape {list(self.item_shape)} "
                              f"({e}); set algorithm_args.item_shape to the data's [C, H, W]") from e
-        self.head = nn.Linear(feat, self.ways)
+        if head:
+            self.head: nn.Linear | None = nn.Linear(feat, self.ways)
+        elif feat != self.ways:
+            raise ValueError(f"MetaLSTM: head=False but the backbone outputs {feat} values per item, not "
+                             f"ways={self.ways} logits; use head=True or a backbone with a {self.ways}-way "
+                             "output layer")
+        else:
+            self.head = None
         self.inner_steps = int(inner_steps)
         self.second_order = bool(second_order)
         self.meta_lstm = MetaLSTMOptimizer(int(hidden_size), float(preprocess_p))
@@ -177,8 +186,8 @@ class MetaLSTM(MetaLearner):
 
     def learner_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The learner's parameters theta_0 = c_0 in flattening order: backbone's, then the head's."""
-        return [(f"backbone.{n}", p) for n, p in self.backbone.named_parameters()] + \
-               [(f"head.{n}", p) for n, p in self.head.named_parameters()]
+        head = [] if self.head is None else [(f"head.{n}", p) for n, p in self.head.named_parameters()]
+        return [(f"backbone.{n}", p) for n, p in self.backbone.named_parameters()] + head
 
     def initial_theta(self) -> torch.Tensor:
         """theta_0 flattened: [P] (differentiable w.r.t. the stored parameters)."""
@@ -197,7 +206,9 @@ class MetaLSTM(MetaLearner):
         """Logits of the learner with parameters ``theta`` [P]: x [B, *item] -> [B, ways]."""
         params = self.unflatten(theta)
         bb = {n[len("backbone."):]: v for n, v in params.items() if n.startswith("backbone.")}
-        z = functional_call(self.backbone, bb, (x,)).flatten(1)
+        z = functional_forward(self.backbone, bb, {}, x, bn="batch").flatten(1)
+        if self.head is None:
+            return z[:, :ways]
         return F.linear(z, params["head.weight"][:ways], params["head.bias"][:ways])
 
     # -- the inner loop: the LSTM trains the learner on the support set ---------------------------------
@@ -252,4 +263,4 @@ class MetaLSTM(MetaLearner):
     def config_dict(self) -> dict[str, Any]:
         return {"ways": self.ways, "item_shape": list(self.item_shape), "inner_steps": self.inner_steps,
                 "hidden_size": self.meta_lstm.hidden_size, "preprocess_p": self.meta_lstm.preprocess_p,
-                "second_order": self.second_order}
+                "second_order": self.second_order, "head": self.head is not None}
