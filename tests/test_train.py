@@ -299,3 +299,15 @@ def test_tensorboard_opt_in(tmp_path: Path) -> None:
         return
     tr.fit()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_with_a_new_learning_rate(tmp_path: Path) -> None:
+    cfg = tiny_cfg(steps=6, lr=1e-2, lr_schedule="step", lr_step=4, lr_gamma=0.5, checkpoint_every=5)
+    Trainer(tiny_learner(), sampler(), cfg, out_dir=tmp_path, progress=False).fit()
+    lower = tiny_cfg(steps=8, lr=1e-3, lr_schedule="step", lr_step=4, lr_gamma=0.5)
+    tr = Trainer(tiny_learner(), sampler(), lower, out_dir=tmp_path, progress=False)
+    tr.load_state(tmp_path / "last")
+    assert tr.step == 6 and tr.opt.param_groups[0]["lr"] == pytest.approx(5e-4)  # 1e-3 * 0.5 ** (6 // 4)
+    tr.train_step()
+    tr.train_step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # step 8: 1e-3 * 0.5 ** 2

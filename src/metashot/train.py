@@ -254,6 +254,8 @@ class Trainer:
         self.validate = validate
         self.out_dir = Path(out_dir) if out_dir is not None else cfg.out_dir()
         self.dist = dist if dist is not None else DistContext.current()
+        if self.dist.enabled and self.dist.broadcast_object(validate is not None) and not self.dist.is_main:
+            self.validate = _no_validation  # rank 0 validates; the others join its decision broadcast
         self.progress = progress and self.dist.is_main
         self.device = torch.device(t.device)
         if self.device.type == "cuda" and self.device.index is None and self.dist.enabled:
@@ -352,6 +354,13 @@ class Trainer:
         tensors, meta = load_train_state(path)
         optimizer_state_unflat(self.opt, tensors, meta["optimizer"])
         self.sched.load_state_dict(meta["scheduler"])
+        base = self.cfg.train.lr
+        if any(lr != base for lr in self.sched.base_lrs):  # resumed with --set train.lr=...: it wins
+            self.sched.base_lrs = [base] * len(self.sched.base_lrs)
+            lr = base * lr_factor(self.cfg)(int(meta["step"]))
+            for g in self.opt.param_groups:
+                g["initial_lr"], g["lr"] = base, lr
+            self.sched._last_lr = [lr] * len(self.opt.param_groups)
         set_rng_state(tensors, meta["rng"])
         self.step = int(meta["step"])
         self.best_acc = -math.inf if meta["best_acc"] is None else float(meta["best_acc"])
@@ -512,8 +521,9 @@ class Trainer:
                             }
                         )
                         raise NonFiniteLossError(
-                            f"{e}. Training stopped; {where}. Lower train.lr or set "
-                            f"train.grad_clip and train again from there."
+                            f"{e}. Training stopped; {where}. To continue from it with a lower rate or "
+                            f"gradient clipping: metashot train --resume {self.out_dir} --set train.lr=... "
+                            f"(or --set train.grad_clip=...)"
                         ) from None
                     self.window.append(metrics)
                     bar.update(1)
@@ -662,16 +672,14 @@ def build_trainer(
             dev = torch.device("cuda", dist.local_rank)
         source = DeviceSampler(sampler, dev)
     extra = {"image_spec": store.meta["image_spec"]} if "image_spec" in store.meta else {}
-    validate = episodic_validator(cfg) if dist.is_main else None
-    if not dist.is_main and cfg.train.val_every:
-        validate = _no_validation  # ranks > 0 take part in the decision broadcast, rank 0 validates
+    validate = episodic_validator(cfg) if dist.is_main else None  # the Trainer lets the other ranks follow
     return Trainer(
         learner, source, cfg, validate, out_dir=out_dir, progress=progress, checkpoint_extra=extra, dist=dist
     )
 
 
 def _no_validation(learner: MetaLearner) -> dict[str, Any]:
-    raise AssertionError("only rank 0 validates")
+    raise AssertionError("Trainer: only rank 0 calls the validator")
 
 
 def run_config(run_dir: str | Path) -> Config:
