@@ -311,3 +311,9 @@ def test_resume_with_a_new_learning_rate(tmp_path: Path) -> None:
     tr.train_step()
     tr.train_step()
     assert tr.opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # step 8: 1e-3 * 0.5 ** 2
+
+
+def test_fresh_run_in_a_used_folder_starts_a_new_log(tmp_path: Path) -> None:
+    Trainer(tiny_learner(), sampler(), tiny_cfg(steps=6), out_dir=tmp_path, progress=False).fit()
+    Trainer(tiny_learner(), sampler(), tiny_cfg(steps=3), out_dir=tmp_path, progress=False).fit()
+    assert [r["step"] for r in records(tmp_path)] == [3]

@@ -486,6 +486,8 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / RUN_CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            if self.step == 0:  # a fresh run in a used folder: its log starts empty, not after the old one
+                _truncate_metrics(self.out_dir / METRICS, 0)
         self._open_tensorboard()
         total = int(getattr(self.source, "tasks_per_batch", self.cfg.episodes.meta_batch))
         t0 = time.perf_counter() - self.elapsed
