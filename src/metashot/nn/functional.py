@@ -69,16 +69,16 @@ def batch_norm_batch_stats(x: torch.Tensor, weight: torch.Tensor | None, bias: t
         raise ValueError(f"metashot.nn.functional: batch norm needs input [B, C, ...], got shape "
                          f"{tuple(x.shape)}")
     dims = [0, *range(2, x.dim())]
-    mean = x.mean(dim=dims, keepdim=True)
-    xc = x - mean
-    var = (xc * xc).mean(dim=dims, keepdim=True)
-    y = xc * torch.rsqrt(var + eps)
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    # Fold the normalisation and the affine map into one per-channel scale and shift: two full-size passes.
+    scale = torch.rsqrt(var + eps)
     shape = [1, -1] + [1] * (x.dim() - 2)
     if weight is not None:
-        y = y * weight.reshape(shape)
+        scale = scale * weight.reshape(shape)
+    shift = -mean * scale
     if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
+        shift = shift + bias.reshape(shape)
+    return torch.addcmul(shift, x, scale)
 
 
 def batch_norm_running_stats(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
