@@ -71,13 +71,10 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if train:
         steps = [r["step"] for r in train]
         ax_loss.plot(steps, [r["loss"] for r in train], color="tab:blue", lw=1.2, label="train loss")
-        ax_acc.plot(
-            steps,
-            [100 * r.get("acc", 0.0) for r in train],
-            color="tab:blue",
-            lw=1.2,
-            label="train (meta-batch)",
-        )
+        with_acc = [r for r in train if "acc" in r]  # regression runs log no accuracy
+        if with_acc:
+            ax_acc.plot([r["step"] for r in with_acc], [100 * r["acc"] for r in with_acc], color="tab:blue",
+                        lw=1.2, label="train (meta-batch)")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("meta-loss")
     ax_loss.set_title("training loss")
@@ -109,7 +106,10 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("accuracy")
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(loc="lower right", fontsize=8)
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(loc="lower right", fontsize=8)
+    else:
+        ax_acc.text(0.5, 0.5, "no accuracy logged", transform=ax_acc.transAxes, ha="center", color="gray")
     name = _run_name(Path(run_dir))
     fig.suptitle(name)
     fig.tight_layout()

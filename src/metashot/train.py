@@ -541,9 +541,8 @@ class Trainer:
                             "episodes_per_s": sps * total,
                             "elapsed_s": round(self.elapsed, 2),
                         }
-                        rec.setdefault("acc", 0.0)
                         self._log(rec)
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
+                        bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "acc") if k in rec})
                         self.window, last_t, last_step = [], now, self.step
                     stop = self._validate_maybe(result, t0)
                     if t.checkpoint_every and self.step % t.checkpoint_every == 0:
