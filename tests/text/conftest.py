@@ -43,3 +43,9 @@ def hashing():
     from metashot.text.encoder import HashingEncoder
 
     return HashingEncoder(dim=64)
+
+
+@pytest.fixture(scope="session")
+def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One temporary embedding cache per test session, so each part is hash-encoded once."""
+    return tmp_path_factory.mktemp("text-cache")

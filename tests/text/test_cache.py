@@ -40,6 +40,7 @@ def test_text_split_from_cache(text_data_root: Path, tmp_path: Path, hashing) ->
     test = T.text_split("banking77", "test", text_data_root, fold=2, encoder=hashing, cache_dir=tmp_path)
     train = T.text_split("banking77", "train", text_data_root, fold=2, encoder=hashing, cache_dir=tmp_path)
     assert hashing.calls == 2  # the two parts of the episodic pool, encoded once for both splits
+    assert len(list(tmp_path.glob("text-banking77-*.npy"))) == 2
     assert set(test.class_names) == set(T.protaugment_labels("banking77", 2, "test"))
     assert not set(test.class_names) & set(train.class_names)
     assert test.meta["text_encoder"] == "hashing-bow" and test.meta["fold"] == 2
@@ -53,8 +54,8 @@ def test_text_split_from_cache(text_data_root: Path, tmp_path: Path, hashing) ->
     assert full.num_classes == 77 and set(full.counts.tolist()) == {5}
 
 
-def test_registered_and_short_classes(text_data_root: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path))
+def test_registered_and_short_classes(text_data_root: Path, text_cache: Path, monkeypatch) -> None:
+    monkeypatch.setenv("METASHOT_CACHE", str(text_cache))
     store = load_split("hwu64", "test", text_data_root, fold=1, encoder="hashing-bow")
     assert store.num_classes == len(T.protaugment_labels("hwu64", 1, "test"))
     with pytest.raises(ValueError, match="shots \\+ queries"):

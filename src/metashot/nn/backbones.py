@@ -108,6 +108,41 @@ def maml_miniimagenet(in_channels: int = 3, hidden: int = 32, out_features: int 
     return MAMLConvNet(nn.Sequential(*blocks), hidden * side * side, out_features, mean_pool=False)
 
 
+class ResidualAdapter(nn.Module):
+    """A small trainable map on frozen sentence embeddings: z = x + W2 dropout(ReLU(W1 x + b1)) + b2.
+
+    W2 and b2 start at zero, so the untrained adapter is the identity and a ProtoNet on it starts as nearest
+    class mean on the frozen encoder. An optional linear ``head`` (for MAML/ANIL-style learners) maps z to
+    ``head`` logits. Shapes: [B, dim] -> [B, dim] (or [B, head]).
+    """
+
+    def __init__(self, dim: int = 384, hidden: int = 256, dropout: float = 0.0,
+                 head: int | None = None) -> None:
+        super().__init__()
+        self.dim, self.hidden = int(dim), int(hidden)
+        self.up = nn.Linear(self.dim, self.hidden)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.down = nn.Linear(self.hidden, self.dim)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        self.head = nn.Linear(self.dim, int(head)) if head else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"ResidualAdapter: inputs have {x.shape[1]} features but the adapter expects "
+                             f"{self.dim}; set backbone_args.dim to the encoder's size")
+        z = x + self.down(self.drop(self.act(self.up(x))))
+        return self.head(z) if self.head is not None else z
+
+
+@register_backbone("adapter")
+def adapter(dim: int = 384, hidden: int = 256, dropout: float = 0.0, head: int | None = None) -> nn.Module:
+    """Residual MLP adapter for frozen sentence embeddings (text few-shot); identity at initialisation."""
+    return ResidualAdapter(dim, hidden, dropout, head)
+
+
 def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
     """Feature size of ``backbone`` on one item of ``item_shape`` (runs a dummy forward in eval mode)."""
     was = backbone.training
