@@ -102,6 +102,9 @@ def main() -> None:
     p.add_argument("--data-on-device", action="store_true", help="keep the store's images on the device")
     p.add_argument("--pin-memory", action="store_true", help="pinned host batches, non_blocking copies")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: shared machines)")
+    p.add_argument("--sweep", action="store_true",
+                   help="one process, four variants: host batches, pinned host batches, store on the device, "
+                        "store on the device + bf16 (ignores the four option flags above)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -114,19 +117,42 @@ def main() -> None:
         "data_on_device": a.data_on_device, "pin_memory": a.pin_memory, "steps": a.steps, "warmup": a.warmup,
         "store_load_s": round(time.perf_counter() - t0, 2), "results": {},
     }
+    if not a.sweep:
+        report["results"] = run_all(store, a)
+    else:
+        for k in ("precision", "compile", "data_on_device", "pin_memory", "results"):
+            report.pop(k)
+        report["variants"] = {}
+        for variant, opts in SWEEP.items():
+            results = run_all(store, argparse.Namespace(**{**vars(a), **opts}))
+            report["variants"][variant] = {"options": opts, "results": results}
+    print(json.dumps(report))
+
+
+SWEEP: dict[str, dict[str, Any]] = {
+    "host": {"precision": "fp32", "compile": False, "data_on_device": False, "pin_memory": False},
+    "host_pinned": {"precision": "fp32", "compile": False, "data_on_device": False, "pin_memory": True},
+    "on_device": {"precision": "fp32", "compile": False, "data_on_device": True, "pin_memory": False},
+    "on_device_bf16": {"precision": "bf16", "compile": False, "data_on_device": True, "pin_memory": False},
+}
+
+
+def run_all(store: Any, a: argparse.Namespace) -> dict[str, Any]:
+    """``bench`` for every algorithm of ``--algorithms``; a failure is recorded, not raised."""
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [s.strip() for s in a.algorithms.split(",") if s.strip()]:
             if name not in PRESETS:
                 raise SystemExit(f"train_step.py: unknown algorithm {name!r}; choose from {sorted(PRESETS)}")
             if name not in available_algorithms():
-                report["results"][name] = {"skipped": f"algorithm {name!r} is not registered "
-                                                      f"(metashot/algorithms/{name}.py missing)"}
+                results[name] = {"skipped": f"algorithm {name!r} is not registered "
+                                            f"(metashot/algorithms/{name}.py missing)"}
                 continue
             try:
-                report["results"][name] = bench(name, store, a, tmp)
+                results[name] = bench(name, store, a, tmp)
             except Exception as e:  # one failing variant (e.g. compile) must not hide the others
-                report["results"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-    print(json.dumps(report))
+                results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return results
 
 
 if __name__ == "__main__":

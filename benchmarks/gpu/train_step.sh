@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU run: Trainer step speed (benchmarks/train_step.py) for ProtoNet (60-way 1-shot, conv4-64) and MAML
-# (5-way 1-shot, 32 tasks, second order) on Omniglot, in five variants: fp32 with host batches; host batches
-# in pinned memory; the store on the GPU; bf16 autocast with the store on the GPU; torch.compile (ProtoNet,
-# capped at 45 s). One JSON line per variant in $OUT/train_step.jsonl; about a minute on one H100 after the
+# (5-way 1-shot, 32 tasks, second order) on Omniglot. One process measures four variants (host batches; pinned
+# host batches; the store on the GPU; the store on the GPU + bf16 autocast), a second one torch.compile
+# (ProtoNet, capped at 40 s). JSON lines in $OUT/train_step.jsonl; under a minute on one H100 after the
 # one-time Omniglot store build (timed in $OUT/gpu.txt).
 # Usage (repo root): METASHOT_DATA=<data> OUT=<dir> bash benchmarks/gpu/train_step.sh
 # (DEVICE=cpu STEPS=1 WARMUP=0 runs the same script as a smoke test without a GPU.)
@@ -28,9 +28,6 @@ run() {
     >> "$OUT/train_step.jsonl" 2>> "$OUT/train_step.err" \
     || echo "{\"variant\": \"$*\", \"error\": \"exit code $? (limit $limit s)\"}" >> "$OUT/train_step.jsonl"
 }
-run 60
-run 60 --pin-memory
-run 60 --data-on-device
-run 60 --data-on-device --precision bf16
-run 45 --data-on-device --compile --algorithms protonet
+run 90 --sweep
+run 40 --data-on-device --compile --algorithms protonet
 cat "$OUT/train_step.jsonl"
