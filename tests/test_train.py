@@ -317,3 +317,15 @@ def test_fresh_run_in_a_used_folder_starts_a_new_log(tmp_path: Path) -> None:
     Trainer(tiny_learner(), sampler(), tiny_cfg(steps=6), out_dir=tmp_path, progress=False).fit()
     Trainer(tiny_learner(), sampler(), tiny_cfg(steps=3), out_dir=tmp_path, progress=False).fit()
     assert [r["step"] for r in records(tmp_path)] == [3]
+
+
+def test_cli_train_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metashot.cli import main
+
+    assert main(["train"]) == 2
+    assert "give a CONFIG file, or --resume RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "config.yaml is missing" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text(json.dumps(tiny_cfg().to_dict()))
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no last/ checkpoint there" in capsys.readouterr().err

@@ -711,15 +711,14 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
                     f"--resume {resume}: the config's model section {cfg.model} differs from the "
                     f"run's {saved.model}; resume with the run's own config"
                 )
-        trainer = build_trainer(cfg, progress, out_dir, ctx)
-        if resume is not None:
-            last = Path(resume) / LAST
-            if not (last / "config.json").is_file():
+            if not (out_dir / LAST / "config.json").is_file():
                 raise FileNotFoundError(
-                    f"--resume {resume}: no {LAST}/ checkpoint there; set "
-                    f"train.checkpoint_every > 0 to write one during training"
+                    f"--resume {resume}: no {LAST}/ checkpoint there (it is written every "
+                    f"train.checkpoint_every steps, on SIGINT/SIGTERM and at the end of training)"
                 )
-            trainer.load_state(last)
+        trainer = build_trainer(cfg, progress, out_dir, ctx)
+        if out_dir is not None:
+            trainer.load_state(out_dir / LAST)
         return trainer.fit()
     finally:
         if ctx.enabled:
