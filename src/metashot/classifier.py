@@ -45,10 +45,16 @@ class FewShotClassifier:
         self.meta = meta or {}
         self.classes_: np.ndarray | None = None
         self._predictor: Predictor | None = None
+        # Text checkpoints (metashot.text): inputs are sentences, encoded by this sentence encoder.
+        self.text_encoder: str | None = self.meta.get("text_encoder")
 
     def _to_tensor(self, images: Any, what: str) -> torch.Tensor:
         if isinstance(images, torch.Tensor) and images.dtype != torch.uint8:
             return images.to(self.device)
+        if self.text_encoder is not None:
+            from metashot.text.glue import encode_sentences
+
+            return encode_sentences(images, self.text_encoder, what).to(self.device)
         if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, np.ndarray, torch.Tensor)):
             raise TypeError(f"{what}: expected a sequence of images (PIL images, paths or uint8 arrays)")
         if len(images) == 0:
@@ -108,4 +114,8 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> FewSho
     """Load a checkpoint (a folder, a run folder, or a bundled name such as ``protonet-omniglot``)."""
     learner, meta = load_checkpoint(name_or_path, device)
     spec = ImageSpec.from_dict(meta["image_spec"]) if meta.get("image_spec") else None
+    from metashot.text.glue import text_encoder_of
+
+    if text_encoder_of(meta):
+        meta = dict(meta, text_encoder=text_encoder_of(meta))
     return FewShotClassifier(learner, spec, device, meta=meta)

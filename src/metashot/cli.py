@@ -70,6 +70,10 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from metashot.data.folder import IMAGE_SUFFIXES, list_folder
 
     clf = load(a.checkpoint, a.device)
+    if clf.text_encoder is not None:  # text checkpoint: sentence files instead of image folders
+        from metashot.text.glue import predict_text_cli
+
+        return predict_text_cli(clf, a.support, a.query, a.output, a.threshold)
     classes = list_folder(Path(a.support))
     images, labels = [], []
     for name, files in classes.items():
@@ -202,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify a folder of images from a support folder of class subfolders")
     pr.add_argument("checkpoint")
-    pr.add_argument("--support", required=True, help="folder of class subfolders with a few images each")
-    pr.add_argument("--query", required=True, help="folder of images to classify")
+    pr.add_argument("--support", required=True, help="folder of class subfolders with a few images each "
+                    "(text checkpoints: a UTF-8 CSV with text,label columns)")
+    pr.add_argument("--query", required=True, help="folder of images to classify "
+                    "(text checkpoints: a CSV with a text column, or a text file with one sentence per line)")
+    pr.add_argument("--threshold", type=float, help="text checkpoints: label 'oos' (out of scope) when the "
+                    "confidence is below this")
     pr.add_argument("--output", help="CSV file (default: standard output)")
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_cmd_predict)
