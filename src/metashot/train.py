@@ -545,12 +545,14 @@ class Trainer:
                         bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "acc") if k in rec})
                         self.window, last_t, last_step = [], now, self.step
                     stop = self._validate_maybe(result, t0)
-                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    saved = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0
+                    if saved:
                         self.save(LAST, with_state=True)
                     if stop:
                         break
                     if self._stop_all:
-                        self.save(LAST, with_state=True)
+                        if not saved:
+                            self.save(LAST, with_state=True)
                         result["interrupted_at_step"] = self.step
                         result["signal"] = self._signal if self._signal is not None else "peer"
                         break
