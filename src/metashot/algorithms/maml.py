@@ -127,9 +127,11 @@ class MAML(MetaLearner):
         """
         fast = {k: params[k] for k in self.adapted_names}
         fixed = {k: v for k, v in params.items() if k not in fast}
+        # First order needs no derivative of the inner gradients: they see detached frozen parameters.
+        inner_fixed = {k: v.detach() for k, v in fixed.items()} if first_order else fixed
 
         def support_loss(f: Params) -> torch.Tensor:
-            return self.task_loss(self.forward_with({**fixed, **f}, buffers, support_x), support_y)
+            return self.task_loss(self.forward_with({**inner_fixed, **f}, buffers, support_x), support_y)
 
         fast = inner_sgd(support_loss, fast, self.learning_rates(), steps, first_order=first_order,
                          vectorized=vectorized, checkpoint=checkpoint)

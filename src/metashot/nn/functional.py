@@ -191,8 +191,12 @@ def sgd_step(loss_fn: Callable[[Params], torch.Tensor], params: Params, lr: Lear
 
 def sgd_step_func(loss_fn: Callable[[Params], torch.Tensor], params: Params, lr: LearningRate,
                   first_order: bool = False) -> Params:
-    """:func:`sgd_step` with ``torch.func.grad``: usable inside ``torch.vmap`` (the vectorised path)."""
-    grads = torch.func.grad(loss_fn)(params)
+    """:func:`sgd_step` with ``torch.func.grad``: usable inside ``torch.vmap`` (the vectorised path).
+
+    First order evaluates the gradient at detached copies, so no graph is recorded for it at all.
+    """
+    at = {k: v.detach() for k, v in params.items()} if first_order else params
+    grads = torch.func.grad(loss_fn)(at)
     out = {}
     for k, p in params.items():
         g = grads[k].detach() if first_order else grads[k]
