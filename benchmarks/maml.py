@@ -12,6 +12,8 @@ inner steps.
 ``peak_mem_gib``: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
 (``ru_maxrss``, everything included: Python, torch, data), with ``rss_before_gib`` its value before the
 timed iterations (after 2 warm-up iterations, so it usually equals the peak already).
+``tasks_per_cpu_s`` divides by the process's CPU time (all threads) instead of wall time: on a shared machine
+(``load_avg_1min`` above the core count) it is the steadier figure.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ CONFIGS = {
 
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _load() -> float:
+    try:
+        import os
+
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,12 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss0 = _rss_gib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss = 0.0
     for i in range(a.iters):
         loss = step(i)
     sync()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**30
     else:
@@ -109,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(), "meta_batch": T, "ways": N, "shots": K, "queries": Q,
         "inner_steps": cfg["steps"], "checkpoint_inner": a.checkpoint_inner, "iters": a.iters,
         "tasks_per_s": round(T * a.iters / dt, 2), "s_per_iter": round(dt / a.iters, 4),
+        "tasks_per_cpu_s": round(T * a.iters / cpu, 2), "load_avg_1min": round(_load(), 2),
         "peak_mem_gib": round(peak, 4),
         "peak_mem_kind": ("cuda max_memory_allocated" if dev.type == "cuda"
                           else "process peak RSS (ru_maxrss)"),
