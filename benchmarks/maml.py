@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--steps", type=int, default=None, help="override the config's inner steps")
     p.add_argument("--queries", type=int, default=None, help="override the config's queries per class")
+    p.add_argument("--meta-batch", type=int, default=None, help="override the config's meta-batch (32)")
     p.add_argument("--checkpoint-inner", action="store_true", help="recompute inner steps (loop path)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg["steps"] = a.steps
     if a.queries is not None:
         cfg["queries"] = a.queries
+    if a.meta_batch is not None:
+        cfg["meta_batch"] = a.meta_batch
     dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     T, N, K, Q = cfg["meta_batch"], cfg["ways"], cfg["shots"], cfg["queries"]
