@@ -13,7 +13,9 @@ inner steps.
 (``ru_maxrss``, everything included: Python, torch, data), with ``rss_before_gib`` its value before the
 timed iterations (after 2 warm-up iterations, so it usually equals the peak already).
 ``tasks_per_cpu_s`` divides by the process's CPU time (all threads) instead of wall time: on a shared machine
-(``load_avg_1min`` above the core count) it is the steadier figure.
+(``load_avg_1min`` above the core count) it is the steadier figure. ``train_mem_gib``: on CPU the peak RSS
+minus the RSS before the first iteration (model, optimizer state and inputs already allocated), i.e. what the
+meta-training step itself needs; on CUDA equal to ``peak_mem_gib``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         return float(loss.detach())
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rss_start = _rss_gib()
     for i in range(2):
         step(i)
     sync()
@@ -128,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_mem_gib": round(peak, 4),
         "peak_mem_kind": ("cuda max_memory_allocated" if dev.type == "cuda"
                           else "process peak RSS (ru_maxrss)"),
-        "rss_before_gib": round(rss0, 4), "final_loss": round(loss, 4), "torch": torch.__version__,
+        "rss_start_gib": round(rss_start, 4), "rss_before_gib": round(rss0, 4),
+        "train_mem_gib": round(peak - (0.0 if dev.type == "cuda" else rss_start), 4),
+        "final_loss": round(loss, 4), "torch": torch.__version__,
     }
     print(json.dumps(out))
     return out
