@@ -15,6 +15,15 @@ from metashot.data.episodes import EpisodeSampler
 from metashot.evaluate import evaluate
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A 16-channel net gains little from intra-op threads, which only spin on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def trained(omniglot_train, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     torch.manual_seed(0)
