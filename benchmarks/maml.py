@@ -60,8 +60,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint-inner", action="store_true", help="recompute inner steps (loop path)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all", action="store_true",
+                   help="A and B x loop/vectorized x second/first order in one process (a JSON line each)")
     a = p.parse_args(argv)
+    if a.all:
+        out = {}
+        for cfg in ("A", "B"):
+            for path in ("vectorized", "loop"):
+                for fo in (False, True):
+                    a.config, a.path, a.first_order = cfg, path, fo
+                    out[f"{cfg}-{path}-{'fo' if fo else 'so'}"] = run(a)
+        return out
+    return run(a)
 
+
+def run(a: argparse.Namespace) -> dict:
     from metashot.algorithms.maml import MAML
     from metashot.data.episodes import EpisodeBatch
     from metashot.nn.backbones import maml_omniglot
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = time.process_time() - c0
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**30
+        torch.cuda.empty_cache()
     else:
         peak = _rss_gib()
     out = {
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_mem_gib": round(peak - (0.0 if dev.type == "cuda" else rss_start), 4),
         "final_loss": round(loss, 4), "torch": torch.__version__,
     }
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
     return out
 
 
