@@ -10,6 +10,15 @@ from torch import nn
 from metashot.nn.functional import functional_forward, inner_sgd, params_and_buffers, sgd_step
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: intra-op threads gain nothing and only spin on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                          nn.Linear(4 * 4 * 4, 3)).double()
