@@ -1,12 +1,12 @@
 """Episodic few-shot intent detection on ProtAugment's class-disjoint folds (Dopierre et al. 2021 protocol).
 
-For every dataset, fold and shot count: 5-way episodes with 5 queries per class, 600 fixed test episodes
-(seed 1234) on the fold's test intents. Training-free methods (``ncm``, ``logreg``) run on the frozen
-all-MiniLM-L6-v2 embeddings; meta-trained methods (``protonet``, ``anil``, ``maml``) are trained with
-``configs/<method>-minilm-episodic-intents.yaml`` on the fold's training intents (the best validation step is
-kept) and evaluated the same way. Prints one JSON line per (method, dataset, fold, shots) and, at the end, a
-summary per (method, dataset, shots): the mean of the fold accuracies and the 95% CI of the 3,000 pooled
-episodes (1.96 * std / sqrt(n)).
+For every dataset, fold and shot count: 5-way episodes with 5 queries per class, 600 fixed test
+episodes (seed 1234) on the fold's test intents. Training-free methods (``ncm``, ``logreg``) run on the
+frozen all-MiniLM-L6-v2 embeddings; meta-trained methods (``protonet``, ``anil``, ``maml``, ``matching``)
+are trained with ``configs/<method>-minilm-episodic-intents.yaml`` on the fold's training intents (the
+best validation step is kept) and evaluated the same way. Prints one JSON line per (method, dataset, fold,
+shots) and, at the end, a summary per (method, dataset, shots): the mean of the fold accuracies and the
+95% CI of the 3,000 pooled episodes (1.96 * std / sqrt(n)).
 
     nice -n 10 python benchmarks/text/episodic.py --methods ncm logreg protonet \
         --out results/text/episodic.jsonl
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TRAINED = ("protonet", "anil", "maml")
+TRAINED = ("protonet", "anil", "maml", "matching")
 
 
 def main() -> None:
