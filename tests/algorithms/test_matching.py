@@ -78,3 +78,22 @@ def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassSto
     with torch.no_grad():
         ref = torch.stack([learner.adapt(*batch.task(t)[:2])(batch.task(t)[2]) for t in range(2)])
         assert torch.allclose(learner.predict_batch(batch), ref, atol=1e-5)
+
+
+def test_distortion_only_in_training_meta_loss() -> None:
+    from metashot.data.episodes import EpisodeBatch
+
+    torch.manual_seed(0)
+    learner = MatchingNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4), temperature=5.0,
+                          distort=True)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).view(1, 3)
+    b = EpisodeBatch(torch.rand(1, 3, 1, 28, 28, generator=g), y, torch.rand(1, 3, 1, 28, 28, generator=g), y,
+                     torch.zeros(1, 3), 3, 1, 1)
+    learner.eval()
+    assert torch.equal(learner.meta_loss(b)[0], learner.meta_loss(b)[0])
+    learner.train()
+    torch.manual_seed(1)
+    first = learner.meta_loss(b)[0]
+    assert not torch.equal(first, learner.meta_loss(b)[0])  # a new distortion each call
+    assert learner.config_dict()["distort"] is True

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.algorithms.siamese import feature_dim
+from metashot.algorithms.siamese import feature_dim, random_affine
 from metashot.data.episodes import EpisodeBatch
 
 
@@ -77,16 +77,19 @@ class MatchingNet(MetaLearner):
         fce_steps: processing steps K of the attention LSTM.
         temperature: scale of the cosine before the softmax (1 = the paper).
         input_shape: item shape [C, H, W] (only used with ``fce``).
+        distort: augment training episodes with Koch et al.'s random affine distortions (each image
+            independently; ``meta_loss`` in training mode only), for small training sets.
     """
 
     def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, temperature: float = 1.0,
-                 input_shape: list[int] | tuple[int, ...] = (1, 28, 28)) -> None:
+                 input_shape: list[int] | tuple[int, ...] = (1, 28, 28), distort: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"MatchingNet: temperature must be positive, got {temperature}")
         self.backbone = backbone
         self.fce, self.fce_steps, self.temperature = bool(fce), int(fce_steps), float(temperature)
         self.input_shape = [int(v) for v in input_shape]
+        self.distort = bool(distort)
         dim = feature_dim(backbone, self.input_shape) if fce else 0
         self.context = FullContextEmbedding(dim, self.fce_steps) if fce else None
 
@@ -112,15 +115,16 @@ class MatchingNet(MetaLearner):
 
         return predictor
 
-    def _batched(self, batch: EpisodeBatch) -> torch.Tensor:
+    def _batched(self, batch: EpisodeBatch, distort: bool = False) -> torch.Tensor:
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
-        z = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        z = self.embed(random_affine(x) if distort else x)
         zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
         return self._log_probs(zs, batch.support_y, zq, batch.ways)
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logp = self._batched(batch)
+        logp = self._batched(batch, self.distort and self.training)
         loss = F.nll_loss(logp.flatten(0, 1), batch.query_y.flatten())
         acc = (logp.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc)}
@@ -132,4 +136,4 @@ class MatchingNet(MetaLearner):
 
     def config_dict(self) -> dict[str, Any]:
         return {"fce": self.fce, "fce_steps": self.fce_steps, "temperature": self.temperature,
-                "input_shape": self.input_shape}
+                "input_shape": self.input_shape, "distort": self.distort}
