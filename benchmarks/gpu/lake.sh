@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run for Lake's 20-way within-alphabet one-shot benchmark (metashot lake): the six configs/lake-*.yaml
-# models (ProtoNet and Koch-style Siamese, trained on images_background, _small1 and _small2) trained at once
+# GPU run for Lake's 20-way within-alphabet one-shot benchmark (metashot lake): the eight configs/lake-*.yaml
+# models (ProtoNet, Koch-style Siamese, distorted Matching Nets; images_background, _small1, _small2) trained at once
 # on one GPU with more steps than the CPU presets, each capped at TRAIN_S seconds (on the cap the Trainer
 # checkpoints last/ on SIGTERM and stops), then each evaluated on Lake's 20 runs. Alongside, Matching Nets,
 # Relation Nets and the contrastive Siamese net on the Vinyals split (Omniglot 5-way 1-shot, 1000 episodes).
@@ -25,7 +25,8 @@ for s in background background_small1 background_small2 train test; do
 done
 wait
 echo "stores ready after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
-MODELS=${MODELS:-"protonet-background siamese-background protonet-small1 protonet-small2 siamese-small1 siamese-small2"}
+MODELS=${MODELS:-"protonet-background siamese-background protonet-small1 protonet-small2 siamese-small1 siamese-small2
+  matching-small1 matching-small2"}
 for m in $MODELS; do
   case $m in *background) steps=8000; lr_step=2000 ;; *) steps=4000; lr_step=1000 ;; esac
   ( timeout -s TERM "$TRAIN_S" $PY -m metashot.cli train configs/lake-$m.yaml --quiet --set train.device=$DEVICE \
