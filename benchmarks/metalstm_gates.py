@@ -50,6 +50,7 @@ def plot(curves: Curves, out: Path, title: str) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         sys.exit("metalstm_gates.py: the plot needs matplotlib: pip install 'metashot[plot]'")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -60,6 +61,8 @@ def plot(curves: Curves, out: Path, title: str) -> None:
         axes[1].plot(steps, d["forget"], style, marker="o", ms=3, label=name)
     axes[0].set(xlabel="inner step t", ylabel="mean input gate i_t (learning rate)", title="input gate")
     axes[1].set(xlabel="inner step t", ylabel="mean forget gate f_t", title="forget gate")
+    for ax in axes:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].legend(fontsize=6, ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

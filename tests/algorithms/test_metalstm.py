@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,23 @@ from metashot.nn.backbones import build_backbone
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PINNED_FORGET_BIAS = 50.0  # sigmoid(50) == 1.0 exactly in float64 (1 - 2e-22 rounds to 1)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Many small ops: on a loaded 2-core machine a second thread spins far more than it computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    with _one_thread():
+        yield
 
 
 def _pin_gates(learner: MetaLSTM, lr: float) -> torch.Tensor:
@@ -193,6 +212,7 @@ def test_argument_errors_name_the_problem():
 
 # -- a short real run, then the checkpoint round trip -------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, omniglot_train):
     from metashot.config import load_config
@@ -204,12 +224,8 @@ def trained_run(tmp_path_factory, omniglot_train):
         "model.algorithm_args.inner_steps=3",
         "train.steps=150", "train.lr=0.005", "train.val_every=0", "train.log_every=50", "train.threads=null",
         f"train.out_dir={out}"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin far more than they compute
-    try:
+    with _one_thread():
         summary = train_from_config(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return out, summary
 
 
@@ -221,10 +237,11 @@ def test_short_omniglot_run_learns(trained_run, omniglot_test):
     assert summary["steps"] == 150
     learner, meta = load_checkpoint(out / "final")
     assert meta["config"]["train"]["grad_clip"] == 0.25
-    after = evaluate(learner, omniglot_test, 5, 1, 5, episodes=60, seed=1234, progress=False)["acc"]
     torch.manual_seed(0)
     untrained = build_learner(meta["config"]["model"])
-    before = evaluate(untrained, omniglot_test, 5, 1, 5, episodes=60, seed=1234, progress=False)["acc"]
+    with _one_thread():
+        after = evaluate(learner, omniglot_test, 5, 1, 5, episodes=60, seed=1234, progress=False)["acc"]
+        before = evaluate(untrained, omniglot_test, 5, 1, 5, episodes=60, seed=1234, progress=False)["acc"]
     assert after > 40.0, f"chance is 20%; got {after:.1f}% after 150 meta-steps (untrained {before:.1f}%)"
     assert after > before + 10.0
 
