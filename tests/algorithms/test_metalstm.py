@@ -275,3 +275,16 @@ def test_checkpoint_round_trip_through_load_fit_predict(trained_run, omniglot_te
     learner = clf.learner
     want = learner.adapt(x[support], sy)(x[query]).argmax(1).numpy()
     assert (clf.classes_[want] == pred).all()
+
+
+def test_bundled_omniglot_model_loads_and_classifies(omniglot_test):
+    """The shipped `metalstm-omniglot` (86.0 % on 1000 test episodes, RESULTS.md) on 10 of those episodes."""
+    import metashot
+    from metashot.evaluate import evaluate
+
+    clf = metashot.load("metalstm-omniglot")
+    learner = clf.learner
+    assert learner.algorithm_name == "metalstm" and learner.inner_steps == 5
+    assert clf.image_spec is not None and clf.image_spec.invert  # raw images get the training preprocessing
+    res = evaluate(learner, omniglot_test, 5, 1, 15, episodes=10, seed=1234, progress=False)
+    assert res["acc"] > 70.0, res
