@@ -19,20 +19,20 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
 omniglot() {
-  local r=runs/metalstm-omniglot-5w1s
-  /usr/bin/time -f "omniglot train wall %e s" timeout -s INT $(( $(left) - 25 )) \
-    $PY -m metashot.cli train configs/metalstm-omniglot-5w1s.yaml --quiet \
+  local r=runs/metalstm-omniglot-5w1s t0=$(date +%s)
+  timeout -s INT $(( $(left) - 35 )) $PY -m metashot.cli train configs/metalstm-omniglot-5w1s.yaml --quiet \
       --set train.device=cuda --set train.out_dir=$r > runs/metalstm-omniglot-train.log 2>&1
+  echo "omniglot train wall $(( $(date +%s) - t0 )) s" >> runs/metalstm-omniglot-train.log
   timeout $(left) $PY -m metashot.cli eval $r --device cuda --episodes 1000 --seed 1234 --json \
     > runs/metalstm-omniglot-eval.json 2> runs/metalstm-omniglot-eval.err
 }
 
 mini() {  # $1 = 5w1s | 5w5s
-  local r=runs/metalstm-miniimagenet-$1-sample
-  /usr/bin/time -f "mini-imagenet $1 train wall %e s" timeout -s INT $(( $(left) - 20 )) \
-    $PY -m metashot.cli train configs/metalstm-miniimagenet-$1.yaml --quiet \
+  local r=runs/metalstm-miniimagenet-$1-sample t0=$(date +%s)
+  timeout -s INT $(( $(left) - 35 )) $PY -m metashot.cli train configs/metalstm-miniimagenet-$1.yaml --quiet \
       --set train.device=cuda --set train.steps=1000 --set train.val_every=0 --set train.out_dir=$r \
       > runs/metalstm-mini-$1-train.log 2>&1
+  echo "mini-imagenet $1 train wall $(( $(date +%s) - t0 )) s" >> runs/metalstm-mini-$1-train.log
   timeout $(left) $PY -m metashot.cli eval $r --device cuda --episodes 600 --seed 1234 --json \
     > runs/metalstm-mini-$1-eval.json 2> runs/metalstm-mini-$1-eval.err
 }
