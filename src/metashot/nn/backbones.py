@@ -35,7 +35,8 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 
 def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout),
+                               nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -43,7 +44,7 @@ def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1) -> nn.Se
 
 @register_backbone("conv4")
 def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth: int = 4) -> nn.Module:
-    """Snell et al. 2017 / Vinyals et al. 2016 embedding: depth x [3x3 conv, BN, ReLU, 2x2 max-pool], flattened.
+    """Snell et al. 2017 / Vinyals et al. 2016 embedding: depth x [3x3 conv, BN, ReLU, 2x2 max-pool], flat.
 
     On 28x28 inputs with 64 channels the output is 64-d (1x1 spatial); on 84x84, 1600-d.
     """
@@ -52,18 +53,19 @@ def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth:
 
 
 @register_backbone("mlp")
-def mlp(in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40), out_features: int = 1) -> nn.Module:
+def mlp(in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40),
+        out_features: int = 1) -> nn.Module:
     """Fully connected ReLU network (MAML's sinusoid regressor is ``mlp(1, (40, 40), 1)``)."""
     dims = [in_features, *hidden]
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(dims[-1], out_features))
     return nn.Sequential(*layers)
 
 
 class MAMLConvNet(nn.Module):
-    """Finn et al. (2017) classifier: ``features`` (4 conv blocks) then a linear ``head`` with one output per way.
+    """Finn et al. (2017) classifier: ``features`` (4 conv blocks), a linear ``head`` with one output per way.
 
     The head is part of the meta-learned initialisation, so ``out_features`` must equal the number of ways the
     learner is trained and used with. ANIL adapts only the parameters named ``head.*``.
