@@ -53,3 +53,25 @@ def test_meta_training_lowers_post_update_loss(one_thread: None) -> None:
     after = finetune_mse(learner, shots=5, steps=(1, 5), tasks=100, seed=99)["mse"]
     assert after[1] < 0.75 * before, (before, after)
     assert after[5] < after[1]  # more fine-tuning steps keep helping
+
+
+def test_sinusoid_cli_train_eval_plot(tmp_path, capsys, one_thread: None) -> None:
+    import json
+    from pathlib import Path
+
+    from metashot.cli import main
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    run = tmp_path / "run"
+    assert main(["sinusoid", "train", str(configs / "maml-sinusoid.yaml"), "--quiet", "--set",
+                 "train.steps=5", "--set", f"train.out_dir={run}", "--set", "train.log_every=5"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "fig.png"
+    assert main(["sinusoid", "eval", str(run), "--baseline", str(run), "--tasks", "20", "--json",
+                 "--plot", str(png)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["MAML"]["mse"]) == {"1", "5", "10"} and report["MAML"]["tasks"] == 20
+    assert png.stat().st_size > 10_000
+    # an image config is refused with a message naming the right command
+    assert main(["sinusoid", "train", str(configs / "maml-omniglot-5w1s.yaml"), "--quiet"]) == 2
+    assert "needs 'sinusoid'" in capsys.readouterr().err
