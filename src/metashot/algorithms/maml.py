@@ -200,6 +200,10 @@ class MAML(MetaLearner):
 
     def predict_batch(self, batch: Any) -> torch.Tensor:
         self._check_ways(batch.support_x[0], batch.ways)
+        if self.vectorized and not self.training:
+            # torch.func.grad differentiates inside no_grad: the inner loop runs, no outer graph is recorded.
+            with torch.no_grad():
+                return self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
         with torch.enable_grad():
             return self.query_outputs(batch.support_x, batch.support_y, batch.query_x).detach()
 
