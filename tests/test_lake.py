@@ -91,3 +91,15 @@ def test_cli_lake_on_a_checkpoint(runs: list[LakeRun], tmp_path: Path, capsys: p
     out = json.loads(capsys.readouterr().out)
     assert out["runs"] == 2 and out["trials"] == 40 and 0.0 <= out["error"] <= 100.0
     assert main(["lake", "--json"]) == 2  # neither a checkpoint nor a baseline
+
+
+def test_bundled_lake_model(runs: list[LakeRun]) -> None:
+    """The shipped ``lake-omniglot`` checkpoint: small, loadable by name, and far better than MHD's 38.75%."""
+    from metashot.checkpoint import bundled_path
+    from metashot.lake import evaluate_checkpoint
+
+    path = bundled_path("lake-omniglot")
+    assert path is not None
+    assert sum(f.stat().st_size for f in path.iterdir()) < 2 * 2**20
+    res = evaluate_checkpoint("lake-omniglot", runs[:10])
+    assert res["error"] < 20.0  # 13.5% on these 10 runs for the shipped ProtoNet
