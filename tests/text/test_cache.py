@@ -27,10 +27,20 @@ def test_second_load_needs_no_model(tmp_path: Path, hashing, monkeypatch) -> Non
     s2 = C.embedding_store("t", [src], pairs, hashing, params={"p": 1}, cache_dir=tmp_path)
     assert hashing.calls == calls
     assert torch.equal(s1.images, s2.images)
-    # A default-encoder store that is cached is loaded without constructing the encoder at all.
+    # Default encoder (encoder=None): built lazily on a cache miss, never constructed on a hit.
+    loads = []
+
+    def fake_get_encoder(name: str):
+        loads.append(name)
+        return hashing
+
+    monkeypatch.setattr(C, "get_encoder", fake_get_encoder)
+    d1 = C.embedding_store("d", [src], pairs, None, cache_dir=tmp_path)
+    assert loads == ["all-MiniLM-L6-v2"] and d1.meta["text_encoder"] == "all-MiniLM-L6-v2"
     monkeypatch.setattr(C, "get_encoder", lambda name: (_ for _ in ()).throw(AssertionError("model loaded")))
-    with pytest.raises(AssertionError, match="model loaded"):
-        C.embedding_store("d", [src], pairs, None, cache_dir=tmp_path)
+    d2 = C.embedding_store("d", [src], pairs, None, cache_dir=tmp_path)
+    assert torch.equal(d1.images, d2.images)
+    calls = hashing.calls
     # A changed selection is a different cache entry.
     C.embedding_store("t", [src], pairs[:2], hashing, params={"p": 2}, cache_dir=tmp_path)
     assert hashing.calls == calls + 1
