@@ -32,7 +32,8 @@ def test_cosine_head_by_hand() -> None:
 
 def test_adapt_fits_a_separable_support_set_deterministically(one_thread: None) -> None:
     for head in ("linear", "cosine"):
-        learner = Baseline(nn.Flatten(), num_classes=4, head=head, finetune_epochs=40, input_shape=(2,)).eval()
+        learner = Baseline(nn.Flatten(), num_classes=4, head=head, finetune_epochs=40, input_shape=(2,))
+        learner.eval()
         sx = torch.tensor([[3.0, 0.2], [2.5, -0.3], [-0.2, 3.0], [0.3, 2.0], [-3.0, -0.1], [-2.0, 0.4]])
         sy = torch.tensor([0, 0, 1, 1, 2, 2])
         qx = torch.tensor([[2.0, 0.0], [0.0, 2.5], [-2.5, 0.0]])
