@@ -172,3 +172,21 @@ def test_unwritable_cache_still_gives_the_store(tmp_path: Path, source: Path) ->
     with pytest.warns(UserWarning, match="cannot write the store cache"):
         s = cached_store("toy", [source], {}, _Builder([2, 3]), cache_dir=blocker / "cache")
     assert s.counts.tolist() == [2, 3] and len(s) == 5
+
+
+def test_mmap_switch_reads_into_memory_with_identical_content(tmp_path, monkeypatch):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    imgs = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(6, 1, 4, 4)
+
+    def build():
+        return imgs, [2, 4], ["a", "b"]
+
+    first = cached_store("t", [src], {"p": 1}, build, cache_dir=tmp_path / "c")
+    monkeypatch.setenv("METASHOT_MMAP", "0")
+    second = cached_store("t", [src], {"p": 1}, lambda: pytest.fail("must come from the cache"),
+                          cache_dir=tmp_path / "c")
+    assert torch.equal(first.images, second.images)
+    assert "cache" in second.meta
+    cache_files = list((tmp_path / "c").iterdir())
+    assert cache_files and all(p.stat().st_mode & 0o044 == 0o044 for p in cache_files)  # readable by others

@@ -7,7 +7,8 @@ The on-disk cache is a ``.npy`` file (the image block) plus a ``.json`` file (cl
 preprocessing, source fingerprint) under :func:`metashot._env.cache_root`. The file name is a hash of the
 source files (path, size, modification time) and the preprocessing, so a changed source or a different
 image size never reuses a stale cache. Later loads memory-map the ``.npy`` (copy-on-write), which takes
-milliseconds whatever the dataset size.
+milliseconds whatever the dataset size. ``METASHOT_MMAP=0`` reads the cache into memory instead, for file
+systems where memory-mapped reads are slow.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def cached_store(
     if npy.is_file() and js.is_file():
         try:
             info = json.loads(js.read_text())
-            arr = np.load(npy, mmap_mode="c")
+            arr = _load_npy(npy)
             if list(arr.shape) == info["shape"]:
                 return ClassStore(torch.from_numpy(arr), np.asarray(info["offsets"]), info["class_names"],
                                   dict(info.get("meta", {}), cache=str(npy)))
@@ -180,8 +181,15 @@ def cached_store(
         warnings.warn(f"cannot write the store cache {npy} ({e}); using it from memory. Set METASHOT_CACHE "
                       f"to a writable folder to decode it only once", stacklevel=2)
         return ClassStore(torch.from_numpy(images), offsets, list(names), dict(meta or {}))
-    arr = np.load(npy, mmap_mode="c")
+    arr = _load_npy(npy)
     return ClassStore(torch.from_numpy(arr), offsets, list(names), dict(meta or {}, cache=str(npy)))
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-map (copy-on-write) unless ``METASHOT_MMAP=0``; either way the array is writable."""
+    if os.environ.get("METASHOT_MMAP", "1") == "0":
+        return np.load(path)
+    return np.load(path, mmap_mode="c")
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -189,6 +197,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache folder may be shared between users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -200,6 +209,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
