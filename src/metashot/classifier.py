@@ -31,7 +31,7 @@ class FewShotClassifier:
 
     Args:
         learner: a trained MetaLearner.
-        image_spec: preprocessing of raw images (from the checkpoint); None for inputs that are already tensors.
+        image_spec: preprocessing of raw images (from the checkpoint); None for inputs that are tensors.
         device: where to run.
         batch_size: images per forward pass in ``predict``.
     """
@@ -61,7 +61,8 @@ class FewShotClassifier:
             raise ValueError(f"{what}: no images given")
         if self.image_spec is None:
             raise ValueError(f"{what}: this checkpoint has no image preprocessing; pass float tensors")
-        arr = np.stack([preprocess(im, self.image_spec, source=f"{what}[{i}]") for i, im in enumerate(images)])
+        arr = np.stack([preprocess(im, self.image_spec, source=f"{what}[{i}]")
+                        for i, im in enumerate(images)])
         return to_float(torch.from_numpy(arr)).to(self.device)
 
     def fit(self, images: Any, labels: Sequence[Hashable]) -> FewShotClassifier:

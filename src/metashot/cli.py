@@ -90,7 +90,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     out = open(a.output, "w", newline="") if a.output else sys.stdout
     w = csv.writer(out)
     w.writerow(["file", "label", "confidence"])
-    for f, p in zip(queries, proba):
+    for f, p in zip(queries, proba, strict=True):
         k = int(p.argmax())
         w.writerow([str(f), clf.classes_[k], f"{p[k]:.4f}"])
     if a.output:
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object (acc and ci95 in percent)")
     e.set_defaults(func=_cmd_eval)
 
-    pr = sub.add_parser("predict", help="classify a folder of images from a support folder of class subfolders")
+    pr = sub.add_parser("predict", help="classify a folder of images (or sentences) from a support set")
     pr.add_argument("checkpoint")
     pr.add_argument("--support", required=True, help="folder of class subfolders with a few images each "
                     "(text checkpoints: a UTF-8 CSV with text,label columns)")

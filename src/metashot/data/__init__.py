@@ -33,7 +33,8 @@ def load_split(dataset: str, split: str, root: str | Path | None = None, image_s
     """The store of ``split`` of ``dataset`` (e.g. ``load_split("omniglot", "test")``)."""
     if dataset not in _DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; available: {available_datasets()}")
-    return _DATASETS[dataset](split=split, root=Path(root) if root else None, image_size=image_size, **options)
+    return _DATASETS[dataset](split=split, root=Path(root) if root else None, image_size=image_size,
+                              **options)
 
 
 @register_dataset("omniglot")
@@ -64,7 +65,7 @@ def _folder(split: str, root: Path | None, image_size: int | None, channels: int
 
 
 def _text_dataset(name: str) -> None:
-    """Register a text dataset: ``split`` as in :func:`metashot.data.text.text_split`; ``image_size`` unused."""
+    """Register a text dataset: ``split`` as in :func:`metashot.data.text.text_split` (no ``image_size``)."""
     def load(split: str, root: Path | None, image_size: int | None, fold: int = 1, encoder: str | None = None,
              **options: Any) -> ClassStore:
         from metashot.data.text import intents_split, text_split
