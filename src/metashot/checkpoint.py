@@ -172,7 +172,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[MetaLearner, dict[str, Any]]:
+def load_checkpoint(
+    name_or_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MetaLearner, dict[str, Any]]:
     """Rebuild the learner of a checkpoint and load its weights; returns (learner in eval mode, meta)."""
     path = resolve(name_or_path)
     meta = read_meta(path)

@@ -18,7 +18,10 @@ import yaml
 
 @dataclass
 class DataConfig:
-    """Which dataset and splits. ``dataset``: omniglot | mini_imagenet | folder | sinusoid | any registered."""
+    """Which dataset and splits.
+
+    ``dataset``: omniglot | mini_imagenet | folder | sinusoid | a text set | any registered dataset.
+    """
 
     dataset: str = "omniglot"
     root: str | None = None  # data root; None = $METASHOT_DATA
