@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.algorithms.siamese import feature_dim
 from metashot.data.episodes import EpisodeBatch
+from metashot.nn.backbones import output_dim
 
 HEADS = ("linear", "cosine")
 
@@ -72,7 +72,7 @@ class Baseline(MetaLearner):
         self.finetune_epochs, self.finetune_lr = int(finetune_epochs), float(finetune_lr)
         self.finetune_batch, self.seed = int(finetune_batch), int(seed)
         self.input_shape = [int(v) for v in input_shape]
-        self.dim = feature_dim(backbone, self.input_shape)
+        self.dim = output_dim(backbone, tuple(self.input_shape))
         self.classifier = make_head(head, self.dim, self.num_classes, self.scale)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.algorithms.siamese import feature_dim, random_affine
+from metashot.algorithms.siamese import random_affine
 from metashot.data.episodes import EpisodeBatch
+from metashot.nn.backbones import output_dim
 
 
 def cosine_attention(zq: torch.Tensor, zs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -90,7 +91,7 @@ class MatchingNet(MetaLearner):
         self.fce, self.fce_steps, self.temperature = bool(fce), int(fce_steps), float(temperature)
         self.input_shape = [int(v) for v in input_shape]
         self.distort = bool(distort)
-        dim = feature_dim(backbone, self.input_shape) if fce else 0
+        dim = output_dim(backbone, tuple(self.input_shape)) if fce else 0
         self.context = FullContextEmbedding(dim, self.fce_steps) if fce else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

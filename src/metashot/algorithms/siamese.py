@@ -37,20 +37,9 @@ from metashot.algorithms.base import MetaLearner, Predictor, register
 from metashot.data.episodes import EpisodeBatch
 from metashot.data.preprocess import to_float
 from metashot.data.store import ClassStore
+from metashot.nn.backbones import output_dim
 
 LOSSES = ("contrastive", "koch")
-
-
-def feature_dim(backbone: nn.Module, item_shape: tuple[int, ...] | list[int]) -> int:
-    """Flattened output size of ``backbone`` on one item of ``item_shape`` (a dummy forward in eval mode)."""
-    was = backbone.training
-    backbone.eval()
-    p = next(iter(backbone.parameters()), None)
-    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
-    with torch.no_grad():
-        out = backbone(torch.zeros(2, *item_shape, **kw))
-    backbone.train(was)
-    return int(out.reshape(2, -1).shape[1])
 
 
 def contrastive_loss(d: torch.Tensor, same: torch.Tensor, margin: float = 1.0,
@@ -140,7 +129,7 @@ class SiameseNet(MetaLearner):
         self.backbone = backbone
         self.loss, self.margin, self.squared, self.distort = loss, float(margin), bool(squared), bool(distort)
         self.input_shape = [int(v) for v in input_shape]
-        self.head = nn.Linear(feature_dim(backbone, self.input_shape), 1) if loss == "koch" else None
+        self.head = nn.Linear(output_dim(backbone, tuple(self.input_shape)), 1) if loss == "koch" else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x).flatten(1)

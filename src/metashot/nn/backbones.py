@@ -146,11 +146,15 @@ def adapter(dim: int = 384, hidden: int = 256, dropout: float = 0.0, head: int |
 
 
 def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
-    """Feature size of ``backbone`` on one item of ``item_shape`` (runs a dummy forward in eval mode)."""
+    """Flattened feature size of ``backbone`` on one item of ``item_shape`` (a dummy forward in eval mode).
+
+    Works for backbones without parameters too (e.g. ``nn.Flatten()``); inputs then are float32 on the CPU.
+    """
     was = backbone.training
     backbone.eval()
+    p = next(iter(backbone.parameters()), None)
+    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
     with torch.no_grad():
-        p = next(backbone.parameters())
-        out = backbone(torch.zeros(2, *item_shape, device=p.device, dtype=p.dtype))
+        out = backbone(torch.zeros(2, *item_shape, **kw))
     backbone.train(was)
     return int(out.reshape(2, -1).shape[1])
