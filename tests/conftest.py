@@ -39,3 +39,12 @@ def omniglot_train(data_root: Path):
     from metashot.data.omniglot import omniglot
 
     return omniglot("train", data_root)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, which only spin on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

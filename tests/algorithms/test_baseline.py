@@ -13,15 +13,6 @@ from metashot.evaluate import evaluate
 from metashot.nn.backbones import build_backbone
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run fastest on one thread, and the 2 shared cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_cosine_head_by_hand() -> None:
     head = CosineHead(2, 2, scale=3.0)
     with torch.no_grad():

@@ -16,14 +16,7 @@ from metashot.data.episodes import EpisodeBatch
 from metashot.nn.backbones import maml_omniglot
 from metashot.nn.functional import functional_forward, params_and_buffers
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: intra-op threads gain nothing and only spin on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(T: int, N: int, K: int, Q: int, side: int = 8, seed: int = 0,

@@ -14,14 +14,7 @@ from metashot.config import Config
 from metashot.data.episodes import EpisodeSampler
 from metashot.evaluate import evaluate
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A 16-channel net gains little from intra-op threads, which only spin on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

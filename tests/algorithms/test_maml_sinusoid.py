@@ -27,15 +27,6 @@ def test_sampler_is_seeded_and_in_range() -> None:
         sinusoid_source({"amplitudes": [0, 1]}, 10, 10, 25, 0)
 
 
-@pytest.fixture
-def one_thread():
-    """A 2x40 MLP gains nothing from intra-op threads; on a shared CPU they only spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_meta_training_lowers_post_update_loss(one_thread: None) -> None:
     """150 second-order MAML steps (K=10, alpha=0.01, meta-batch 25; Adam 3e-3 instead of 1e-3 to be quick)
     lower the MSE after one fine-tuning step on K=5 points, on fixed held-out tasks."""

@@ -13,15 +13,6 @@ from metashot.evaluate import evaluate
 from metashot.nn.backbones import build_backbone
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run fastest on one thread, and the 2 shared cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_attention_sums_to_one_and_sharpens_to_nearest_neighbour() -> None:
     g = torch.Generator().manual_seed(0)
     zq, zs = torch.randn(2, 7, 5, generator=g), torch.randn(2, 9, 5, generator=g)

@@ -13,15 +13,6 @@ from metashot.evaluate import evaluate
 from metashot.nn.backbones import build_backbone
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run fastest on one thread, and the 2 shared cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _learner(hidden: int = 8) -> RelationNet:
     return RelationNet(build_backbone("conv4_maps", in_channels=1, hidden=hidden), input_shape=(1, 28, 28))
 

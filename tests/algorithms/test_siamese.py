@@ -88,15 +88,6 @@ def test_koch_weighted_l1_and_affine() -> None:
     assert y.shape == x.shape and not torch.allclose(y, x)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run fastest on one thread, and the 2 shared cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("loss", ["contrastive", "koch"])
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, loss: str,
                              one_thread: None) -> None:

@@ -9,14 +9,7 @@ from torch import nn
 
 from metashot.nn.functional import functional_forward, inner_sgd, params_and_buffers, sgd_step
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: intra-op threads gain nothing and only spin on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net() -> nn.Module:
