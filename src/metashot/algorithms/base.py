@@ -99,3 +99,27 @@ class MetaLearner(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this learner (besides the backbone); stored in checkpoints."""
         return {}
+
+
+class BatchedEpisodesMixin:
+    """For learners that score every task of a batch in one pass.
+
+    A subclass (listing this mixin before :class:`MetaLearner`) implements ``batched_logits(batch)`` -> query
+    scores [T, N*Q, N]; the mixin derives ``meta_loss`` (``task_loss`` over all queries, the mean over tasks
+    for equal query counts) and, in eval mode, ``predict_batch`` from it. In training mode ``predict_batch``
+    stays the per-task reference path.
+    """
+
+    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.batched_logits(batch)
+        loss = self.task_loss(logits.flatten(0, 1), batch.query_y.flatten())  # type: ignore[attr-defined]
+        acc = (logits.argmax(-1) == batch.query_y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+        if self.training:  # type: ignore[attr-defined]
+            return super().predict_batch(batch)  # type: ignore[misc]
+        return self.batched_logits(batch).detach()

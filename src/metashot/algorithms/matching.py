@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.algorithms.siamese import random_affine
 from metashot.data.episodes import EpisodeBatch
 from metashot.nn.backbones import output_dim
@@ -64,7 +64,7 @@ class FullContextEmbedding(nn.Module):
 
 
 @register("matching")
-class MatchingNet(MetaLearner):
+class MatchingNet(BatchedEpisodesMixin, MetaLearner):
     """Matching Networks (Vinyals et al., NeurIPS 2016).
 
     P(y | x, S) = sum_{i=1..k} a(x, x_i) y_i with a(x, x_i) = softmax_i(c(f(x), g(x_i))), c the cosine
@@ -116,24 +116,15 @@ class MatchingNet(MetaLearner):
 
         return predictor
 
-    def _batched(self, batch: EpisodeBatch, distort: bool = False) -> torch.Tensor:
+    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+        # log-probabilities: cross-entropy on them (the default task_loss) is their negative log-likelihood
+        distort = self.distort and self.training
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
         x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
         z = self.embed(random_affine(x) if distort else x)
         zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
         return self._log_probs(zs, batch.support_y, zq, batch.ways)
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logp = self._batched(batch, self.distort and self.training)
-        loss = F.nll_loss(logp.flatten(0, 1), batch.query_y.flatten())
-        acc = (logp.argmax(-1) == batch.query_y).float().mean()
-        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
-
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
-        if self.training:
-            return super().predict_batch(batch)
-        return self._batched(batch).detach()
 
     def config_dict(self) -> dict[str, Any]:
         return {"fce": self.fce, "fce_steps": self.fce_steps, "temperature": self.temperature,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.data.episodes import EpisodeBatch
 
 
@@ -29,7 +29,7 @@ def sq_euclidean(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 @register("protonet")
-class ProtoNet(MetaLearner):
+class ProtoNet(BatchedEpisodesMixin, MetaLearner):
     """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
 
     Each class k gets a prototype c_k = 1/|S_k| sum_{(x_i, y_i) in S_k} f(x_i), the mean embedding of its
@@ -66,7 +66,7 @@ class ProtoNet(MetaLearner):
 
         return predictor
 
-    def _batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
         # where the paper's implementation also normalises over the whole episode.
@@ -77,17 +77,6 @@ class ProtoNet(MetaLearner):
         zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
         protos = class_means(zs, batch.support_y, batch.ways)
         return self._scores(zq, protos)
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self._batched_logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
-        acc = (logits.argmax(-1) == batch.query_y).float().mean()
-        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
-
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
-        if self.training:
-            return super().predict_batch(batch)
-        return self._batched_logits(batch).detach()
 
     def config_dict(self) -> dict[str, Any]:
         return {"distance": self.distance, "temperature": self.temperature}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.data.episodes import EpisodeBatch
 from metashot.nn.backbones import conv_block, register_backbone
 
@@ -44,7 +44,7 @@ class RelationModule(nn.Module):
 
 
 @register("relation")
-class RelationNet(MetaLearner):
+class RelationNet(BatchedEpisodesMixin, MetaLearner):
     """Relation Networks (Sung et al., CVPR 2018).
 
     r_{i,j} = g_phi(C(f(x_i), f(x_j))) (Eq. 1): the relation score of query x_j and class i, with f the
@@ -100,23 +100,12 @@ class RelationNet(MetaLearner):
     def task_loss(self, logits: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits, F.one_hot(query_y, logits.shape[-1]).to(logits.dtype))
 
-    def _batched(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
         f = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
         return self._scores(f[: T * S].view(T, S, *f.shape[1:]), batch.support_y,
                             f[T * S :].view(T, Q, *f.shape[1:]), batch.ways)
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = self._batched(batch)
-        loss = self.task_loss(scores.flatten(0, 1), batch.query_y.flatten())
-        acc = (scores.argmax(-1) == batch.query_y).float().mean()
-        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
-
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
-        if self.training:
-            return super().predict_batch(batch)
-        return self._batched(batch).detach()
 
     def config_dict(self) -> dict[str, Any]:
         return {"input_shape": self.input_shape, "hidden": self.hidden}
