@@ -7,7 +7,6 @@ caught before it is loaded, and a weights file that does not match the model is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metashot.algorithms.base import MetaLearner, algorithm_class
+from metashot.data.download import file_digest
 from metashot.nn.backbones import build_backbone
 
 WEIGHTS = "weights.safetensors"
@@ -36,11 +36,7 @@ class CheckpointError(ValueError):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def build_learner(model_cfg: dict[str, Any], learner_args: dict[str, Any] | None = None) -> MetaLearner:

@@ -17,13 +17,18 @@ class DownloadError(RuntimeError):
     """A download failed (network, truncated transfer or checksum mismatch); nothing was left behind."""
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of the file at ``path``, read in ``chunk``-byte blocks."""
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest (``hashlib`` algorithm name) of the file at ``path``, read in ``chunk``-byte blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def md5sum(path: Path) -> str:
+    """Hex md5 of the file at ``path`` (what the official Omniglot checksums use)."""
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progress: bool = True) -> Path:

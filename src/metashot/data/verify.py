@@ -16,13 +16,13 @@ full verification takes about a second.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from metashot._env import data_root
+from metashot.data.download import file_digest
 
 Report = dict[str, dict[str, str]]
 
@@ -248,14 +248,6 @@ def _check_text(base: Path, name: str, files: list[str]) -> dict[str, str]:
     return _entry("ok", f"{len(files)} files present")
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_sha256sums(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Compare every file listed in ``<root>/SHA256SUMS``.
 
@@ -276,7 +268,7 @@ def check_sha256sums(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         if not path.is_file():
             per_file[rel] = "missing"
             problems.append(f"{rel} missing")
-        elif _sha256(path) != digest:
+        elif file_digest(path, "sha256") != digest:
             per_file[rel] = "bad"
             problems.append(f"{rel} sha256 mismatch")
         else:
