@@ -48,3 +48,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def meta_train():
+    """``meta_train(learner, sampler, steps, lr=3e-3)``: plain Adam meta-training on batches 0..steps-1;
+    returns the last step's metrics."""
+
+    def run(learner, sampler, steps: int, lr: float = 3e-3) -> dict:
+        opt = torch.optim.Adam(learner.parameters(), lr=lr)
+        metrics: dict = {}
+        for i in range(steps):
+            loss, metrics = learner.meta_loss(sampler.sample(i).to("cpu"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return metrics
+
+    return run

@@ -50,17 +50,12 @@ def test_pretraining_uses_store_class_labels() -> None:
 
 @pytest.mark.parametrize("head", ["linear", "cosine"])
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, head: str,
-                             one_thread: None) -> None:
+                             one_thread: None, meta_train) -> None:
     torch.manual_seed(0)
     train = omniglot_train.subset(list(range(0, 400, 4)))  # 100 unrotated training characters
     backbone = build_backbone("conv4", in_channels=1, hidden=16, out_channels=16)
     learner = Baseline(backbone, num_classes=100, head=head, finetune_epochs=30)
     sampler = EpisodeSampler(train, ways=20, shots=2, queries=2, seed=0)
-    opt = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    for i in range(60):
-        loss, _ = learner.meta_loss(sampler.sample(i).to("cpu"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    meta_train(learner, sampler, 60)
     res = evaluate(learner, omniglot_test, ways=5, shots=1, queries=3, episodes=30, seed=1, progress=False)
     assert res["acc"] > 35.0  # chance is 20%

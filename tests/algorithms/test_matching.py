@@ -50,17 +50,12 @@ def test_full_context_embeddings_shapes_and_gradients() -> None:
 
 @pytest.mark.parametrize("fce", [False, True])
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, fce: bool,
-                             one_thread: None) -> None:
+                             one_thread: None, meta_train) -> None:
     torch.manual_seed(0)
     backbone = build_backbone("conv4", in_channels=1, hidden=16, out_channels=16)
     learner = MatchingNet(backbone, fce=fce, fce_steps=2, temperature=10.0)
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=3, seed=0, tasks_per_batch=2)
-    opt = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    for i in range(30):
-        loss, _ = learner.meta_loss(sampler.sample(i).to("cpu"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    meta_train(learner, sampler, 30)
     res = evaluate(learner, omniglot_test, ways=5, shots=1, queries=3, episodes=30, seed=1, progress=False)
     assert res["acc"] > 40.0  # chance is 20%
     # The batched path and the per-task adapt() path agree in eval mode.

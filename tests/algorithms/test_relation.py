@@ -46,15 +46,11 @@ def test_flat_backbone_is_rejected() -> None:
         RelationNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4))
 
 
-def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, one_thread: None) -> None:
+def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, one_thread: None,
+                             meta_train) -> None:
     torch.manual_seed(0)
     learner = _learner(hidden=16)
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=3, seed=0, tasks_per_batch=2)
-    opt = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    for i in range(40):
-        loss, _ = learner.meta_loss(sampler.sample(i).to("cpu"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    meta_train(learner, sampler, 40)
     res = evaluate(learner, omniglot_test, ways=5, shots=1, queries=3, episodes=30, seed=1, progress=False)
     assert res["acc"] > 35.0  # chance is 20%

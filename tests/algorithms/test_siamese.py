@@ -90,17 +90,12 @@ def test_koch_weighted_l1_and_affine() -> None:
 
 @pytest.mark.parametrize("loss", ["contrastive", "koch"])
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, loss: str,
-                             one_thread: None) -> None:
+                             one_thread: None, meta_train) -> None:
     torch.manual_seed(0)
     backbone = build_backbone("conv4", in_channels=1, hidden=16, out_channels=16)
     learner = SiameseNet(backbone, loss=loss, distort=(loss == "koch"))
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=3, seed=0, tasks_per_batch=2)
-    opt = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    for i in range(40):
-        loss_value, metrics = learner.meta_loss(sampler.sample(i).to("cpu"))
-        opt.zero_grad()
-        loss_value.backward()
-        opt.step()
+    metrics = meta_train(learner, sampler, 40)
     assert set(metrics) >= {"loss", "acc", "verification_acc"}
     from metashot.evaluate import evaluate
 
