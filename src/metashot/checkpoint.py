@@ -168,12 +168,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(
-    name_or_path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MetaLearner, dict[str, Any]]:
-    """Rebuild the learner of a checkpoint and load its weights; returns (learner in eval mode, meta)."""
-    path = resolve(name_or_path)
-    meta = read_meta(path)
+def read_weights(path: Path, meta: dict[str, Any],
+                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of checkpoint folder ``path`` after checking them against the SHA-256 in ``meta``."""
     wfile = path / WEIGHTS
     if not wfile.is_file():
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is missing")
@@ -188,6 +185,16 @@ def load_checkpoint(
         state = load_file(str(wfile), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} cannot be read ({e})") from e
+    return state
+
+
+def load_checkpoint(
+    name_or_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MetaLearner, dict[str, Any]]:
+    """Rebuild the learner of a checkpoint and load its weights; returns (learner in eval mode, meta)."""
+    path = resolve(name_or_path)
+    meta = read_meta(path)
+    state = read_weights(path, meta, device)
     model_cfg = meta["config"]["model"]
     learner = build_learner(model_cfg, meta.get("learner_args"))
     try:

@@ -164,6 +164,64 @@ def _cmd_lake(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rl_train(a: argparse.Namespace) -> int:
+    from metashot.config import apply_overrides
+    from metashot.rl.train import RLConfig, load_rl_config, train_rl
+
+    if a.config is None and a.resume is None:
+        raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run with its own config")
+    if a.config is not None:
+        cfg = load_rl_config(a.config, a.set)
+    else:
+        raw = json.loads((Path(a.resume) / "config.yaml").read_text())
+        cfg = RLConfig.from_dict(apply_overrides(raw, a.set), source=str(a.resume))
+    summary = train_rl(cfg, progress=not a.quiet, resume=a.resume)
+    print(json.dumps(summary))
+    sig = summary.get("signal")
+    return 128 + sig if isinstance(sig, int) else 0
+
+
+def _cmd_rl_eval(a: argparse.Namespace) -> int:
+    from metashot.rl.plots import plot_adaptation, plot_navigation
+    from metashot.rl.train import RLConfig, evaluate_adaptation, load_policy, make_policy
+
+    torch.set_num_threads(a.threads)
+    if not a.checkpoints and not a.random:
+        raise ValueError("metashot rl eval: give one or more CHECKPOINTs and/or --random")
+    loaded = [(Path(c).name if Path(c).exists() else c, *load_policy(c)[:2]) for c in a.checkpoints]
+    if a.random:
+        base = loaded[0][2] if loaded else RLConfig.from_dict({"env": {"name": a.env}})
+        if base.env.options.get("observe_goal"):
+            base = RLConfig.from_dict({**base.to_dict(), "env": {**base.to_dict()["env"], "options": {}}})
+        env0 = base.make_env()
+        loaded.append(("random-init", make_policy(base, env0, a.random_seed), base))
+    report: dict[str, Any] = {}
+    for label, policy, cfg in loaded:
+        ev = cfg.eval
+        env = cfg.make_env()
+        res = evaluate_adaptation(policy, env, a.tasks or ev.tasks, a.trajectories or ev.trajectories,
+                                  ev.steps if a.steps is None else a.steps, a.inner_lr or ev.inner_lr,
+                                  ev.seed if a.seed is None else a.seed, cfg.algo.discount)
+        env.close()
+        report[label] = res
+        if not a.json:
+            pairs = zip(res["returns"], res["ci95"], strict=True)
+            steps = ", ".join(f"{k}: {r:.2f} +- {c:.2f}" for k, (r, c) in enumerate(pairs))
+            print(f"{label} ({res['env']}, {res['tasks']} tasks x {res['trajectories']} trajectories): "
+                  f"return after k steps {steps}")
+    if a.plot:
+        report["plot"] = str(plot_adaptation(report, a.plot))
+    if a.plot_trajectories:
+        label, policy, cfg = loaded[0]
+        report["plot_trajectories"] = str(plot_navigation(policy, cfg, a.plot_trajectories))
+    if a.json:
+        for r in report.values():
+            if isinstance(r, dict):
+                r.pop("per_task_returns", None)
+        print(json.dumps(report))
+    return 0
+
+
 def _cmd_data_verify(a: argparse.Namespace) -> int:
     from metashot.data.verify import verify_all
 
@@ -252,6 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--threads", type=int)
     lk.add_argument("--json", action="store_true", help="print one JSON object (error in percent)")
     lk.set_defaults(func=_cmd_lake)
+
+    rl = sub.add_parser("rl", help="meta-reinforcement learning (MAML-TRPO): train / eval")
+    rlsub = rl.add_subparsers(dest="rl_command", required=True)
+    rt = rlsub.add_parser("train", help="meta-train a policy from a YAML config (configs/*-trpo-*.yaml)")
+    rt.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    rt.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last/")
+    rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rt.add_argument("--quiet", action="store_true")
+    rt.set_defaults(func=_cmd_rl_train)
+    re_ = rlsub.add_parser("eval", help="average return on new tasks after 0, 1, 2, 3 adaptation steps")
+    re_.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="run folders or checkpoint folders")
+    re_.add_argument("--random", action="store_true", help="also evaluate a randomly initialised policy")
+    re_.add_argument("--random-seed", type=int, default=0)
+    re_.add_argument("--env", default="navigation2d", help="environment for --random without a checkpoint")
+    re_.add_argument("--tasks", type=int, help="number of test tasks (default: the config's, 40)")
+    re_.add_argument("--trajectories", type=int, help="trajectories per task and step (default 40)")
+    re_.add_argument("--steps", type=int, help="adaptation steps (default: the config's, 3)")
+    re_.add_argument("--inner-lr", type=float, nargs="+", help="step size per adaptation step")
+    re_.add_argument("--seed", type=int, help="seed of the test tasks (default: the config's)")
+    re_.add_argument("--threads", type=int, default=1)
+    re_.add_argument("--plot", help="PNG of return vs adaptation steps (needs matplotlib)")
+    re_.add_argument("--plot-trajectories", help="PNG of 2D-navigation trajectories before/after adaptation "
+                     "of the first checkpoint")
+    re_.add_argument("--json", action="store_true")
+    re_.set_defaults(func=_cmd_rl_eval)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,394 @@
+"""MAML for reinforcement learning (Finn et al. 2017, section 5.3) on the shared functional core.
+
+The pieces, each a plain function so that tests can check them one by one:
+
+- :class:`GaussianMLPPolicy`: mean = MLP(obs) (2 x 100 ReLU in the paper), state-independent learned log-std.
+- :func:`rollout`: T tasks x N trajectories of a batched environment (:mod:`metashot.rl.envs`), with one
+  shared parameter dict (pre-update) or one per task (post-update, leading task dim).
+- :func:`process`: discounted returns (reward-to-go), the linear feature baseline of rllab fitted per task
+  (:func:`fit_linear_baseline`), advantages = returns - baseline, normalised per task.
+- :func:`adapt`: the inner loop, ``theta' = theta - alpha * grad L_VPG(theta)`` per task, built on
+  :func:`metashot.nn.functional.inner_sgd`, the same definition that MAML uses for classification and
+  regression: vectorised over tasks with ``torch.vmap`` or a per-task loop (the reference; a float64 test
+  shows they agree). Second order by default, ``first_order=True`` drops the Hessian term.
+- :func:`meta_objective`: the TRPO surrogate ``-E[pi_theta'(a|s) / pi_old(a|s) * A]`` on the post-update
+  trajectories and the mean KL(pi_old || pi_theta') that bounds the step, both functions of theta through the
+  inner loop.
+- :func:`conjugate_gradient` and :func:`trpo_step`: natural-gradient step with exact Hessian-vector products
+  of the KL (double backward through the inner loop), step scaled to the KL bound, backtracking line search.
+
+Tensor layout: trajectories are dense ``[T, N, H, ...]`` (tasks, trajectories, time) with a 0/1 ``mask`` for
+the steps after an episode ended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from metashot.nn.functional import Params, functional_forward, inner_sgd
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """pi(a | s) = N(MLP(s), diag(exp(log_std))^2) with a learned, state-independent log-std.
+
+    Args:
+        obs_dim, act_dim: sizes of observations and actions.
+        hidden: hidden layer widths (the paper: (100, 100)).
+        init_std: initial standard deviation of every action dimension (rllab: 1.0).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100),
+                 init_std: float = 1.0) -> None:
+        super().__init__()
+        if init_std <= 0:
+            raise ValueError(f"GaussianMLPPolicy: init_std must be > 0, got {init_std}")
+        layers: list[nn.Module] = []
+        d = obs_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, act_dim))
+        self.mean = nn.Sequential(*layers)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.obs_dim, self.act_dim, self.hidden, self.init_std = obs_dim, act_dim, tuple(hidden), init_std
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean(obs)
+        return mean, self.log_std.expand_as(mean)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
+                "init_std": self.init_std}
+
+
+def policy_params(policy: nn.Module) -> Params:
+    """The policy's parameters as a dict of detached leaves that require grad (what TRPO updates)."""
+    return {k: v.detach().clone().requires_grad_(True) for k, v in policy.named_parameters()}
+
+
+def policy_dist(policy: nn.Module, params: Params, obs: torch.Tensor,
+                per_task: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, log_std) of the actions at ``obs`` [T, ..., obs_dim].
+
+    ``per_task=False``: one parameter dict for every task; ``True``: every tensor of ``params`` has a leading
+    task dim T (the adapted policies) and the forward is vmapped over it.
+    """
+    if not per_task:
+        return functional_forward(policy, params, {}, obs)
+
+    def one(p: Params, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_forward(policy, p, {}, o)
+
+    return torch.vmap(one)(params, obs)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)^2), summed over the last (action) dim."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def gaussian_kl(mean0: torch.Tensor, log_std0: torch.Tensor, mean1: torch.Tensor,
+                log_std1: torch.Tensor) -> torch.Tensor:
+    """KL(N0 || N1) of diagonal Gaussians, summed over the last dim."""
+    var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1).pow(2)) / (2 * var1) - 0.5).sum(-1)
+
+
+class Trajectories(NamedTuple):
+    """T tasks x N trajectories x H steps, dense with a mask."""
+
+    obs: torch.Tensor  # [T, N, H, obs_dim] (the policy's dtype)
+    actions: torch.Tensor  # [T, N, H, act_dim]
+    rewards: torch.Tensor  # [T, N, H]
+    mask: torch.Tensor  # [T, N, H] 1.0 while the episode runs, 0.0 after it ended
+    raw_obs: torch.Tensor  # [T, N, H, obs_dim] float64 as the environment returned them (baseline features)
+
+    def returns(self) -> torch.Tensor:
+        """Undiscounted return of every trajectory [T, N]."""
+        return (self.rewards * self.mask).sum(-1)
+
+
+@torch.no_grad()
+def rollout(env: Any, policy: nn.Module, params: Params, tasks: torch.Tensor, n: int,
+            generator: torch.Generator, per_task: bool, deterministic: bool = False) -> Trajectories:
+    """Run n trajectories of every task with the policy given by ``params`` (see :func:`policy_dist`).
+
+    Actions are sampled with ``generator`` (on the CPU, so that a run is reproducible on any device);
+    ``deterministic=True`` takes the mean action.
+    """
+    dtype = next(iter(params.values())).dtype
+    device = next(iter(params.values())).device
+    raw = env.reset(tasks, n, generator)
+    t_count, horizon = raw.shape[0], env.horizon
+    alive = torch.ones(t_count, n, dtype=torch.bool)
+    obs_l, act_l, rew_l, mask_l, raw_l = [], [], [], [], []
+    for _ in range(horizon):
+        o = raw.to(device=device, dtype=dtype)
+        mean, log_std = policy_dist(policy, params, o, per_task)
+        if deterministic:
+            a = mean
+        else:
+            noise = torch.randn(mean.shape, generator=generator, dtype=dtype).to(device)
+            a = mean + torch.exp(log_std) * noise
+        nxt, r, done = env.step(a.cpu())
+        obs_l.append(o)
+        act_l.append(a)
+        raw_l.append(raw)
+        rew_l.append(torch.where(alive, r, torch.zeros_like(r)))
+        mask_l.append(alive.clone())
+        alive = alive & ~done.bool()
+        raw = nxt
+        if not alive.any():
+            break
+    steps = len(obs_l)
+    pad = horizon - steps  # every episode ended early: pad to the horizon with masked steps
+
+    def stack(xs: list[torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
+        return torch.stack(xs + [torch.zeros_like(fill)] * pad, dim=2)
+
+    return Trajectories(
+        obs=stack(obs_l, obs_l[0]), actions=stack(act_l, act_l[0]),
+        rewards=stack(rew_l, rew_l[0]).to(device=device, dtype=dtype),
+        mask=stack(mask_l, mask_l[0]).to(device=device, dtype=dtype), raw_obs=stack(raw_l, raw_l[0]))
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """Reward-to-go ``R_t = r_t + discount * R_{t+1}`` along the last dim, zero after the episode ends."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = (rewards[..., t] + discount * running) * mask[..., t]
+        out[..., t] = running
+    return out
+
+
+def baseline_features(raw_obs: torch.Tensor) -> torch.Tensor:
+    """rllab's linear-baseline features [obs, obs^2, t, t^2, t^3, 1] (obs clipped to +-10, t = step / 100)."""
+    o = raw_obs.to(torch.float64).clamp(-10, 10)
+    h = o.shape[-2]
+    t = (torch.arange(h, dtype=torch.float64, device=o.device) / 100.0).reshape(
+        *([1] * (o.dim() - 2)), h, 1).expand(*o.shape[:-1], 1)
+    return torch.cat([o, o * o, t, t * t, t ** 3, torch.ones_like(t)], dim=-1)
+
+
+def fit_linear_baseline(features: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                        reg: float = 1e-5) -> torch.Tensor:
+    """Per-task ridge regression of ``targets`` on ``features``; returns the fitted values.
+
+    features [T, N, H, F], targets/mask [T, N, H]. Solves (X'X + reg I) w = X'y over the valid steps of each
+    task, in float64; like rllab, the ridge is multiplied by 10 (up to 5 times) while the solution is not
+    finite.
+    """
+    x = features.to(torch.float64) * mask.to(torch.float64)[..., None]
+    y = targets.to(torch.float64)
+    t = x.shape[0]
+    x2 = x.reshape(t, -1, x.shape[-1])
+    xtx = x2.transpose(1, 2) @ x2
+    xty = x2.transpose(1, 2) @ y.reshape(t, -1, 1)
+    eye = torch.eye(x.shape[-1], dtype=torch.float64, device=x.device)
+    for _ in range(5):
+        w = torch.linalg.solve(xtx + reg * eye, xty)
+        if torch.isfinite(w).all():
+            break
+        reg *= 10
+    return (features.to(torch.float64).reshape(t, -1, x.shape[-1]) @ w).reshape(y.shape)
+
+
+class TaskBatch(NamedTuple):
+    """What the losses need of a set of trajectories: obs, actions, advantages and mask [T, N, H, ...]."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+
+
+def process(traj: Trajectories, discount: float = 0.99, normalize: bool = True) -> TaskBatch:
+    """Advantages = discounted returns - the per-task linear baseline (GAE with lambda = 1), normalised to
+    zero mean and unit variance over each task's valid steps (rllab's ``center_adv``)."""
+    ret = discounted_returns(traj.rewards.to(torch.float64), traj.mask.to(torch.float64), discount)
+    base = fit_linear_baseline(baseline_features(traj.raw_obs), ret, traj.mask)
+    m = traj.mask.to(torch.float64)
+    adv = (ret - base) * m
+    if normalize:
+        n = m.sum(dim=(1, 2), keepdim=True).clamp_min(1)
+        mean = adv.sum(dim=(1, 2), keepdim=True) / n
+        var = ((adv - mean) * m).pow(2).sum(dim=(1, 2), keepdim=True) / n
+        adv = (adv - mean) / (var.sqrt() + 1e-8) * m
+    return TaskBatch(traj.obs, traj.actions, adv.to(traj.obs.dtype), traj.mask)
+
+
+def vpg_loss(policy: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor,
+             advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inner-loop (vanilla policy gradient) loss of one task: ``-mean_valid(log pi(a|s) * A)``.
+
+    Its gradient is the REINFORCE estimate of minus the gradient of the expected return (with baseline).
+    """
+    mean, log_std = functional_forward(policy, params, {}, obs)
+    logp = gaussian_log_prob(mean, log_std, actions)
+    return -(logp * advantages * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _lr_at(lrs: float | Sequence[float], k: int) -> float:
+    if isinstance(lrs, (int, float)):
+        return float(lrs)
+    return float(lrs[min(k, len(lrs) - 1)])
+
+
+def adapt(policy: nn.Module, params: Params, batches: Sequence[TaskBatch], lr: float | Sequence[float],
+          first_order: bool = False, vectorized: bool = True) -> Params:
+    """Inner loop: one VPG step per batch in ``batches`` (step k on batch k, as sampled by the policy after k
+    steps), for every task; returns per-task parameters with a leading task dim T.
+
+    ``params`` are the shared (meta) parameters; the result is differentiable with respect to them (to second
+    order unless ``first_order``). ``lr``: one step size, or one per step (the last repeats).
+    """
+    if not batches:
+        raise ValueError("adapt: needs at least one batch of trajectories (one per inner step)")
+    t = batches[0].obs.shape[0]
+
+    def one_task(*data: torch.Tensor) -> Params:
+        p = params
+        for k in range(len(batches)):
+            obs, act, adv, mask = data[4 * k: 4 * k + 4]
+
+            def loss(q: Params, obs: torch.Tensor = obs, act: torch.Tensor = act, adv: torch.Tensor = adv,
+                     mask: torch.Tensor = mask) -> torch.Tensor:
+                return vpg_loss(policy, q, obs, act, adv, mask)
+
+            p = inner_sgd(loss, p, _lr_at(lr, k), 1, first_order=first_order, vectorized=vectorized)
+        return p
+
+    flat = [x for b in batches for x in b]
+    if vectorized:
+        return torch.vmap(one_task)(*flat)
+    outs = [one_task(*[x[i] for x in flat]) for i in range(t)]
+    return {k: torch.stack([o[k] for o in outs]) for k in params}
+
+
+@dataclass
+class MetaBatch:
+    """Everything one meta-iteration sampled: inner-loop batches (one per inner step) and the post-update
+    trajectories with the sampling policy's action distribution (for the importance ratio and the KL)."""
+
+    inner: list[TaskBatch]
+    post: TaskBatch
+    old_mean: torch.Tensor
+    old_log_std: torch.Tensor
+
+
+def meta_objective(policy: nn.Module, params: Params, mb: MetaBatch, lr: float | Sequence[float],
+                   first_order: bool = False, vectorized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(surrogate loss, mean KL) of theta = ``params``: both go through the inner loop on ``mb.inner``.
+
+    loss = mean over tasks of ``-mean_valid(exp(log pi_theta' - log pi_old) * A_post)``;
+    KL = mean over tasks of ``mean_valid KL(pi_old || pi_theta')``. With no inner batches (inner_steps = 0)
+    this is plain TRPO on the pre-update policy (the paper's "pretrained" and "oracle" baselines).
+    """
+    post = mb.post
+    if mb.inner:
+        adapted = adapt(policy, params, mb.inner, lr, first_order=first_order, vectorized=vectorized)
+        if vectorized:
+            mean, log_std = policy_dist(policy, adapted, post.obs, per_task=True)
+        else:
+            outs = [policy_dist(policy, {k: v[i] for k, v in adapted.items()}, post.obs[i], per_task=False)
+                    for i in range(post.obs.shape[0])]
+            mean, log_std = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+    else:
+        mean, log_std = policy_dist(policy, params, post.obs, per_task=False)
+    logp = gaussian_log_prob(mean, log_std, post.actions)
+    old_logp = gaussian_log_prob(mb.old_mean, mb.old_log_std, post.actions)
+    n = post.mask.sum(dim=(1, 2)).clamp_min(1)
+    ratio = torch.exp(logp - old_logp)
+    loss = (-(ratio * post.advantages * post.mask).sum(dim=(1, 2)) / n).mean()
+    kl = ((gaussian_kl(mb.old_mean, mb.old_log_std, mean, log_std) * post.mask).sum(dim=(1, 2)) / n).mean()
+    return loss, kl
+
+
+def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflat(vec: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vec[i: i + v.numel()].reshape(v.shape).clone()
+        i += v.numel()
+    return out
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
+                       tol: float = 1e-10) -> torch.Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite A given as ``matvec``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr <= tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass
+class TRPOConfig:
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+
+
+def trpo_step(objective: Callable[[Params, bool], tuple[torch.Tensor, torch.Tensor]], params: Params,
+              cfg: TRPOConfig) -> tuple[Params, dict[str, float]]:
+    """One TRPO update of ``params``: natural gradient by conjugate gradient on exact Hessian-vector products
+    of the KL, scaled so that the quadratic KL estimate equals ``max_kl``, then a backtracking line search
+    that accepts the first step that lowers the loss and keeps the KL within ``max_kl``.
+
+    ``objective(params, create_graph)`` returns (loss, kl); ``create_graph=False`` is used in the line search.
+    Returns the new parameters (fresh leaves) and statistics.
+    """
+    names = list(params)
+    leaves = [params[k] for k in names]
+    loss, kl = objective(params, True)
+    grads = torch.autograd.grad(loss, leaves, retain_graph=True)
+    g = flat(grads)
+    kl_grads = torch.autograd.grad(kl, leaves, create_graph=True)
+    kl_g = flat(kl_grads)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        hv = torch.autograd.grad(kl_g @ v, leaves, retain_graph=True)
+        return flat(hv) + cfg.cg_damping * v
+
+    x = conjugate_gradient(fvp, g, cfg.cg_iters)
+    xhx = (x @ fvp(x)).clamp_min(1e-12)
+    step = -torch.sqrt(2 * cfg.max_kl / xhx) * x
+    expected = float(g @ step)
+    theta = flat(leaves).detach()
+    loss0 = float(loss.detach())
+    stats = {"loss_before": loss0, "grad_norm": float(g.norm()), "expected_improvement": -expected}
+    for k in range(cfg.max_backtracks):
+        frac = cfg.backtrack_ratio ** k
+        cand = {n: v.requires_grad_(True) for n, v in unflat(theta + frac * step, params).items()}
+        new_loss, new_kl = (t.detach() for t in objective(cand, False))
+        if float(new_loss) < loss0 and float(new_kl) <= cfg.max_kl and math.isfinite(float(new_loss)):
+            stats.update(loss_after=float(new_loss), kl=float(new_kl), backtracks=k, accepted=1.0)
+            return {n: v.detach().clone().requires_grad_(True) for n, v in cand.items()}, stats
+    stats.update(loss_after=loss0, kl=0.0, backtracks=cfg.max_backtracks, accepted=0.0)
+    return {n: v.detach().clone().requires_grad_(True) for n, v in params.items()}, stats
