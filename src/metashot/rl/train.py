@@ -35,6 +35,7 @@ from metashot.rl.core import (
     Params,
     TRPOConfig,
     adapt,
+    gauss_newton_fvp,
     meta_objective,
     policy_dist,
     policy_params,
@@ -74,6 +75,10 @@ class RLAlgoConfig:
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
     vectorized: bool = True  # vmap over tasks (False: the per-task reference loop)
+    # Fisher-vector products: "double-backward" (Hessian of the KL by autograd, the reference) or
+    # "gauss-newton" (J^T M J with J linearised once; the same product at the sampling point; needs
+    # vectorized)
+    fvp: str = "double-backward"
 
 
 @dataclass
@@ -124,6 +129,10 @@ class RLConfig:
                             ("eval.steps", e.steps, 0)):
             if v < lo:
                 raise ValueError(f"{where}: {name} must be >= {lo}, got {v}")
+        if a.fvp not in ("double-backward", "gauss-newton"):
+            raise ValueError(f"{where}: algo.fvp must be 'double-backward' or 'gauss-newton', got {a.fvp!r}")
+        if a.fvp == "gauss-newton" and not a.vectorized:
+            raise ValueError(f"{where}: algo.fvp 'gauss-newton' needs algo.vectorized true")
         if a.max_kl <= 0 or not 0 < a.backtrack_ratio < 1 or not 0 < a.discount <= 1:
             raise ValueError(f"{where}: need algo.max_kl > 0, 0 < backtrack_ratio < 1, 0 < discount <= 1")
         if not e.inner_lr or not all(isinstance(x, (int, float)) for x in e.inner_lr):
@@ -235,7 +244,10 @@ def meta_step(env: Any, policy: GaussianMLPPolicy, params: Params, cfg: RLConfig
                               vectorized=a.vectorized)
 
     trpo = TRPOConfig(a.max_kl, a.cg_iters, a.cg_damping, a.backtrack_ratio, a.max_backtracks)
-    new, tstats = trpo_step(objective, params, trpo)
+    fvp = None
+    if a.fvp == "gauss-newton":
+        fvp = gauss_newton_fvp(policy, params, mb, a.inner_lr, a.first_order, a.cg_damping)
+    new, tstats = trpo_step(objective, params, trpo, fvp)
     t2 = time.perf_counter()
     stats.update(tstats, sample_s=t1 - t0, trpo_s=t2 - t1)
     return new, stats
