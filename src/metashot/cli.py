@@ -33,8 +33,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_plot(a: argparse.Namespace) -> int:
     from metashot.plot import plot_run
+    from metashot.rl.plots import is_rl_run, plot_rl_run
 
-    print(plot_run(a.run_dir, a.output))
+    print(plot_rl_run(a.run_dir, a.output) if is_rl_run(a.run_dir) else plot_run(a.run_dir, a.output))
     return 0
 
 
@@ -182,7 +183,7 @@ def _cmd_rl_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_rl_eval(a: argparse.Namespace) -> int:
-    from metashot.rl.plots import plot_adaptation, plot_navigation
+    from metashot.rl.plots import PAPER_RETURNS, plot_adaptation, plot_navigation
     from metashot.rl.train import RLConfig, evaluate_adaptation, load_policy, make_policy
 
     torch.set_num_threads(a.threads)
@@ -210,7 +211,8 @@ def _cmd_rl_eval(a: argparse.Namespace) -> int:
             print(f"{label} ({res['env']}, {res['tasks']} tasks x {res['trajectories']} trajectories): "
                   f"return after k steps {steps}")
     if a.plot:
-        report["plot"] = str(plot_adaptation(report, a.plot))
+        ref = PAPER_RETURNS.get(loaded[0][2].env.name) if a.paper_reference else None
+        report["plot"] = str(plot_adaptation(report, a.plot, ref))
     if a.plot_trajectories:
         label, policy, cfg = loaded[0]
         report["plot_trajectories"] = str(plot_navigation(policy, cfg, a.plot_trajectories))
@@ -331,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--seed", type=int, help="seed of the test tasks (default: the config's)")
     re_.add_argument("--threads", type=int, default=1)
     re_.add_argument("--plot", help="PNG of return vs adaptation steps (needs matplotlib)")
+    re_.add_argument("--paper-reference", action="store_true",
+                     help="draw the paper's rows (2D navigation: MAML, pretrained, random, oracle)")
     re_.add_argument("--plot-trajectories", help="PNG of 2D-navigation trajectories before/after adaptation "
                      "of the first checkpoint")
     re_.add_argument("--json", action="store_true")

@@ -102,13 +102,16 @@ def test_config_errors():
 def test_cli_rl_eval_json_and_plots(tmp_path, trained_nav, capsys):
     cfg, _ = trained_nav
     rc = main(["rl", "eval", str(cfg.out_dir()), "--random", "--tasks", "4", "--trajectories", "5",
-               "--steps", "2", "--json", "--plot", str(tmp_path / "ret.png"),
+               "--steps", "2", "--json", "--plot", str(tmp_path / "ret.png"), "--paper-reference",
                "--plot-trajectories", str(tmp_path / "traj.png")])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["nav"]["returns"]) == 3 and len(rep["random-init"]["returns"]) == 3
     assert (tmp_path / "ret.png").stat().st_size > 1000 and (tmp_path / "traj.png").stat().st_size > 1000
     assert main(["rl", "eval", str(tmp_path / "nothing")]) == 2
+    # metashot plot recognises an RL run and draws its return curves
+    assert main(["plot", str(cfg.out_dir()), "--output", str(tmp_path / "curve.png")]) == 0
+    assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_cli_rl_train_smoke(tmp_path, capsys):

@@ -11,6 +11,30 @@ import torch
 
 from metashot.plot import _pyplot
 
+# Finn et al. 2017, 2D navigation, average return after 0-3 gradient steps (the official maml_rl evaluation,
+# as quoted in issue 8); the oracle sees the goal and is not adapted.
+PAPER_RETURNS: dict[str, dict[str, list[float]]] = {
+    "navigation2d": {
+        "MAML": [-40.41, -11.68, -3.33, -3.23],
+        "pretrained": [-40.81, -19.73, -11.72, -8.47],
+        "random init": [-82.66, -57.96, -53.84, -46.81],
+        "oracle": [-2.29],
+    },
+}
+
+
+def is_rl_run(run_dir: str | Path) -> bool:
+    """True for a ``metashot rl train`` run folder (its metrics records carry ``return_0``)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    with path.open() as f:
+        first = f.readline()
+    try:
+        return "return_0" in json.loads(first)
+    except json.JSONDecodeError:
+        return False
+
 
 def plot_adaptation(report: dict[str, Any], output: str | Path,
                     reference: dict[str, list[float]] | None = None) -> Path:
@@ -31,6 +55,9 @@ def plot_adaptation(report: dict[str, Any], output: str | Path,
         ks = list(range(len(r)))
         ax.errorbar(ks, r, yerr=c, marker="o", capsize=3, label=label)
     for label, r in (reference or {}).items():
+        if len(r) == 1:
+            ax.axhline(r[0], ls="-.", color="grey", alpha=0.6, label=f"{label} (paper)")
+            continue
         ax.plot(range(len(r)), r, ls="--", marker="x", alpha=0.6, label=f"{label} (paper)")
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
