@@ -34,7 +34,7 @@ from metashot.rl.envs import Navigation2D, cheetah_reward, gym_navigation2d, mak
 
 
 def test_navigation_step_reward_and_clipping_by_hand():
-    env = Navigation2D(horizon=100)
+    env = Navigation2D(horizon=100, action_scale=1.0)
     goals = torch.tensor([[0.3, -0.2], [0.0, 0.05]], dtype=torch.float64)
     obs = env.reset(goals, 2)
     assert obs.shape == (2, 2, 2) and torch.all(obs == 0)
@@ -53,6 +53,16 @@ def test_navigation_step_reward_and_clipping_by_hand():
                                          dtype=torch.float64))
     assert done.tolist() == [[False, False], [True, False]]
     assert r[1, 0].item() == pytest.approx(-0.005)
+
+
+def test_navigation_action_scale_is_rllab_normalize():
+    # rllab's normalize(): a -> lb + (a + 1) / 2 * (ub - lb) = 0.1 a for bounds +-0.1, then clipped
+    env = Navigation2D()
+    env.reset(torch.tensor([[0.5, 0.5]], dtype=torch.float64), 1)
+    obs, _, _ = env.step(torch.tensor([[[0.4, -3.0]]], dtype=torch.float64))
+    assert torch.allclose(obs[0, 0], torch.tensor([0.04, -0.1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="action_scale"):
+        Navigation2D(action_scale=0)
 
 
 def test_navigation_observe_goal_and_bad_inputs():
@@ -74,7 +84,7 @@ def test_gymnasium_navigation_matches_batched():
     env = gym_navigation2d()
     obs, info = env.reset(seed=0, options={"task": (0.2, 0.3)})
     assert np.allclose(obs, 0) and np.allclose(info["goal"], [0.2, 0.3])
-    batched = Navigation2D()
+    batched = Navigation2D(action_scale=1.0)  # the Gymnasium form takes actions in position units
     batched.reset(torch.tensor([[0.2, 0.3]], dtype=torch.float64), 1)
     rng = np.random.default_rng(0)
     steps = 0

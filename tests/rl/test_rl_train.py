@@ -144,3 +144,16 @@ def test_halfcheetah_tasks_reward_and_gym_wrapper(tmp_path, monkeypatch):
     d = HalfCheetahTasks("dir")
     dirs = d.sample_tasks(200, torch.Generator().manual_seed(1))
     assert set(dirs[:, 0].tolist()) == {-1.0, 1.0}
+
+
+def test_bundled_navigation_policy_adapts():
+    """The shipped 2D-navigation MAML policy: small, loadable by name, and one step of adaptation helps."""
+    from metashot.checkpoint import bundled_path
+
+    path = bundled_path("maml-trpo-navigation2d")
+    assert path is not None and (path / "weights.safetensors").stat().st_size < 200_000
+    policy, cfg, meta = load_policy("maml-trpo-navigation2d")
+    assert meta["iteration"] == cfg.train.iterations == 100
+    res = evaluate_adaptation(policy, cfg.make_env(), tasks=10, trajectories=10, steps=1, inner_lr=0.5,
+                              seed=7)
+    assert res["returns"][1] > res["returns"][0] + 10 and res["returns"][1] > -25

@@ -10,7 +10,11 @@
 2D navigation follows the official MAML code (cbfinn/maml_rl, ``point_env_randgoal.py``): the agent starts at
 (0, 0), goals are uniform in [-0.5, 0.5]^2, the observation is the position, actions are clipped to
 [-0.1, 0.1]^2 and added to the position, the reward is minus the Euclidean distance to the goal after the
-move, and the episode ends when |dx| < 0.01 and |dy| < 0.01, or after ``horizon`` (100) steps.
+move, and the episode ends when |dx| < 0.01 and |dy| < 0.01, or after ``horizon`` (100) steps. The official
+example wraps the environment in rllab's ``normalize()``, which maps a policy action a to the bounds as
+``lb + (a + 1) / 2 * (ub - lb) = 0.1 a`` before clipping; :class:`Navigation2D` does the same
+(``action_scale=0.1``), so that a unit-variance Gaussian policy explores with steps of about 0.1 instead of
+saturating at the bounds. The Gymnasium form takes actions in position units (``action_scale=1``).
 
 Half-cheetah wraps Gymnasium's ``HalfCheetah-v5`` (MuJoCo, 0.05 s per step, 17 observations; the MAML paper's
 rllab cheetah stepped 0.01 s with 20 observations, so returns are not directly comparable) and replaces its
@@ -38,14 +42,19 @@ class Navigation2D:
     Args:
         horizon: maximum episode length (100 in the paper).
         observe_goal: append the goal to the observation (the *oracle* of the paper's Figure 4).
+        action_scale: the move is ``clip(action_scale * action, -0.1, 0.1)``; 0.1 is rllab's ``normalize()``
+            of the official code, 1.0 takes actions in position units.
     """
 
     name = "navigation2d"
     act_dim = 2
 
-    def __init__(self, horizon: int = 100, observe_goal: bool = False) -> None:
+    def __init__(self, horizon: int = 100, observe_goal: bool = False, action_scale: float = 0.1) -> None:
         if horizon < 1:
             raise ValueError(f"Navigation2D: horizon must be >= 1, got {horizon}")
+        if action_scale <= 0:
+            raise ValueError(f"Navigation2D: action_scale must be > 0, got {action_scale}")
+        self.action_scale = action_scale
         self.horizon = horizon
         self.observe_goal = observe_goal
         self.obs_dim = 4 if observe_goal else 2
@@ -74,10 +83,11 @@ class Navigation2D:
         return self._obs()
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Move by the clipped actions [T, n, 2]; returns (obs, reward [T, n], done [T, n])."""
+        """Move by the scaled, clipped actions [T, n, 2]; returns (obs, reward [T, n], done [T, n])."""
         if self.pos is None or self.goals is None:
             raise RuntimeError("Navigation2D: call reset() before step()")
-        a = torch.as_tensor(actions, dtype=torch.float64).clamp(-NAV_ACTION_BOUND, NAV_ACTION_BOUND)
+        a = (torch.as_tensor(actions, dtype=torch.float64) * self.action_scale).clamp(-NAV_ACTION_BOUND,
+                                                                                       NAV_ACTION_BOUND)
         if a.shape != self.pos.shape:
             raise ValueError(f"Navigation2D: actions must have shape {tuple(self.pos.shape)}, got "
                              f"{tuple(a.shape)}")
@@ -211,7 +221,7 @@ def gym_navigation2d(horizon: int = 100, observe_goal: bool = False) -> Any:
         metadata = {"render_modes": []}
 
         def __init__(self) -> None:
-            self._batched = Navigation2D(horizon, observe_goal)
+            self._batched = Navigation2D(horizon, observe_goal, action_scale=1.0)
             dim = self._batched.obs_dim
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
             self.action_space = gym.spaces.Box(-NAV_ACTION_BOUND, NAV_ACTION_BOUND, (2,), np.float64)

@@ -95,7 +95,7 @@ def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, s
     for i, ax in enumerate(axes[0]):
         for traj, style, label in ((pre_mean, "--", "pre-update"), (post_mean, "-", "1 gradient step")):
             m = traj.mask[i, 0].bool()
-            moves = traj.actions[i, 0][m].to(torch.float64).clamp(-0.1, 0.1)  # the env clips the same way
+            moves = (traj.actions[i, 0][m].to(torch.float64) * env.action_scale).clamp(-0.1, 0.1)
             path = torch.cat([torch.zeros(1, 2, dtype=torch.float64), moves.cumsum(0)])
             ax.plot(path[:, 0], path[:, 1], style, marker=".", ms=3, label=label)
         ax.plot(*tasks[i].tolist(), marker="*", ms=14, color="r", label="goal")
