@@ -196,12 +196,24 @@ def _cmd_rl_eval(a: argparse.Namespace) -> int:
             base = RLConfig.from_dict({**base.to_dict(), "env": {**base.to_dict()["env"], "options": {}}})
         env0 = base.make_env()
         loaded.append(("random-init", make_policy(base, env0, a.random_seed), base))
+    per_label: dict[str, list[float]] = {}
+    for item in a.lr_of:
+        label, _, lrs = item.partition("=")
+        try:
+            per_label[label] = [float(x) for x in lrs.split(",")]
+        except ValueError as e:
+            raise ValueError(f"--lr-of expects LABEL=LR[,LR...], got {item!r}") from e
+    unknown = set(per_label) - {label for label, *_ in loaded}
+    if unknown:
+        raise ValueError(f"--lr-of names no evaluated policy: {sorted(unknown)}; labels are "
+                         f"{[label for label, *_ in loaded]}")
     report: dict[str, Any] = {}
     for label, policy, cfg in loaded:
         ev = cfg.eval
         env = cfg.make_env()
+        lrs = per_label.get(label) or a.inner_lr or ev.inner_lr
         res = evaluate_adaptation(policy, env, a.tasks or ev.tasks, a.trajectories or ev.trajectories,
-                                  ev.steps if a.steps is None else a.steps, a.inner_lr or ev.inner_lr,
+                                  ev.steps if a.steps is None else a.steps, lrs,
                                   ev.seed if a.seed is None else a.seed, cfg.algo.discount)
         env.close()
         report[label] = res
@@ -329,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--tasks", type=int, help="number of test tasks (default: the config's, 40)")
     re_.add_argument("--trajectories", type=int, help="trajectories per task and step (default 40)")
     re_.add_argument("--steps", type=int, help="adaptation steps (default: the config's, 3)")
-    re_.add_argument("--inner-lr", type=float, nargs="+", help="step size per adaptation step")
+    re_.add_argument("--inner-lr", type=float, nargs="+", help="step size per adaptation step (the last "
+                     "repeats), for every policy")
+    re_.add_argument("--lr-of", action="append", default=[], metavar="LABEL=LR[,LR...]",
+                     help="step sizes of one policy (label: its folder name, or random-init); repeatable")
     re_.add_argument("--seed", type=int, help="seed of the test tasks (default: the config's)")
     re_.add_argument("--threads", type=int, default=1)
     re_.add_argument("--plot", help="PNG of return vs adaptation steps (needs matplotlib)")

@@ -107,6 +107,10 @@ def test_cli_rl_eval_json_and_plots(tmp_path, trained_nav, capsys):
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["nav"]["returns"]) == 3 and len(rep["random-init"]["returns"]) == 3
+    assert main(["rl", "eval", str(cfg.out_dir()), "--tasks", "2", "--trajectories", "2", "--steps", "1",
+                 "--lr-of", "nav=0.3,0.1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nav"]["inner_lr"] == [0.3, 0.1]
+    assert main(["rl", "eval", str(cfg.out_dir()), "--lr-of", "other=0.1"]) == 2
     assert (tmp_path / "ret.png").stat().st_size > 1000 and (tmp_path / "traj.png").stat().st_size > 1000
     assert main(["rl", "eval", str(tmp_path / "nothing")]) == 2
     # metashot plot recognises an RL run and draws its return curves
