@@ -10,9 +10,19 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_shipped_config_parses():
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert configs
+    import yaml
+
+    from metashot.rl.train import load_rl_config
+
+    rl = 0
     for p in configs:
-        cfg = load_config(p)
+        if "env" in (yaml.safe_load(p.read_text()) or {}):  # meta-RL presets (metashot rl train)
+            cfg = load_rl_config(p)
+            rl += 1
+        else:
+            cfg = load_config(p)
         assert cfg.name
+    assert rl >= 3
 
 
 def test_overrides_and_types(tmp_path):
