@@ -166,8 +166,8 @@ def _coerce(v: Any, t: Any, where: str) -> Any:
     return v
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML preset and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML preset as a dict, with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
@@ -175,8 +175,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    raw = apply_overrides(raw, overrides or [])
-    return Config.from_dict(raw, source=str(path))
+    return apply_overrides(raw, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML preset and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    return Config.from_dict(read_yaml(path, overrides), source=str(path))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -23,6 +23,15 @@ PAPER_RETURNS: dict[str, dict[str, list[float]]] = {
 }
 
 
+def _save(plt: Any, fig: Any, output: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def is_rl_run(run_dir: str | Path) -> bool:
     """True for a ``metashot rl train`` run folder (its metrics records carry ``return_0``)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -65,12 +74,7 @@ def plot_adaptation(report: dict[str, Any], output: str | Path,
     ax.set_title(f"{env}: return after adaptation")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, output)
 
 
 def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, seed: int = 1234,
@@ -108,12 +112,7 @@ def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, s
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{cfg.name}: mean-action trajectories before and after one step (step size {lr})",
                  fontsize=10)
-    fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, output)
 
 
 def plot_rl_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
@@ -135,8 +134,4 @@ def plot_rl_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     ax.set_title(Path(run_dir).name)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(output) if output else Path(run_dir) / "learning_curves.png"
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, output or Path(run_dir) / "learning_curves.png")

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from metashot.checkpoint import CheckpointError, read_meta, read_weights, resolve, save_checkpoint
-from metashot.config import _build, apply_overrides
+from metashot.config import _build, read_yaml
 from metashot.rl.core import (
     GaussianMLPPolicy,
     MetaBatch,
@@ -149,14 +148,8 @@ class RLConfig:
 
 
 def load_rl_config(path: str | Path, overrides: list[str] | None = None) -> RLConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    return RLConfig.from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    """Read a meta-RL YAML preset with ``key.sub=value`` overrides."""
+    return RLConfig.from_dict(read_yaml(path, overrides), source=str(path))
 
 
 def make_policy(cfg: RLConfig, env: Any, seed: int) -> GaussianMLPPolicy:
