@@ -613,12 +613,13 @@ class Trainer:
         return bool(decision)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint we resume from), atomically."""
+def _truncate_metrics(path: Path, step: int, key: str = "step") -> None:
+    """Drop log lines past ``step`` (written after the checkpoint we resume from), atomically; ``key`` names
+    the step field (``iteration`` in meta-RL runs)."""
     if not path.is_file():
         return
     keep = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= step
     ]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))

@@ -43,6 +43,7 @@ from metashot.rl.core import (
     trpo_step,
 )
 from metashot.rl.envs import make_env
+from metashot.train import _truncate_metrics
 
 RL_KIND = "rl-policy"
 
@@ -179,9 +180,9 @@ class _Saved:
 
 def save_policy(path: Path, policy: GaussianMLPPolicy, cfg: RLConfig, iteration: int,
                 extra: dict[str, Any] | None = None) -> Path:
-    train_state = ({"iteration": torch.tensor([iteration])}, {"iteration": iteration})
+    # the iteration is all that --resume needs besides the weights (each iteration's randomness is seeded)
     meta = {"kind": RL_KIND, "iteration": iteration, **(extra or {})}
-    return save_checkpoint(path, _Saved(policy), cfg.to_dict(), extra=meta, train_state=train_state)
+    return save_checkpoint(path, _Saved(policy), cfg.to_dict(), extra=meta)
 
 
 def load_policy(name_or_path: str | Path, device: str = "cpu") -> tuple[GaussianMLPPolicy, RLConfig, dict]:
@@ -276,10 +277,7 @@ def train_rl(cfg: RLConfig, progress: bool = True, resume: str | Path | None = N
                                       cfg.train.device)
         policy.load_state_dict(loaded.state_dict())
         start, elapsed0 = int(meta["iteration"]), float(meta.get("elapsed_s", 0.0))
-        if metrics.is_file():  # drop records of iterations after the checkpoint (they are redone)
-            keep = [ln for ln in metrics.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
-            metrics.write_text("".join(k + "\n" for k in keep))
+        _truncate_metrics(metrics, start, key="iteration")  # records after the checkpoint are redone
     elif metrics.is_file():
         metrics.unlink()
     params = policy_params(policy)
