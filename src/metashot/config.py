@@ -38,6 +38,8 @@ class EpisodeConfig:
     shots: int = 1
     queries: int = 15
     meta_batch: int = 1  # tasks per step (training) or per forward (evaluation)
+    within_group: float = 0.0  # training: fraction of episodes drawn within one class group (e.g. alphabet)
+    group_depth: int = 1  # the group is the first group_depth '/'-separated components of the class name
 
 
 @dataclass

@@ -666,7 +666,8 @@ def build_trainer(
     )
     ep = cfg.episodes
     sampler = EpisodeSampler(
-        store, ep.ways, ep.shots, ep.queries, seed=cfg.train.seed, tasks_per_batch=ep.meta_batch
+        store, ep.ways, ep.shots, ep.queries, seed=cfg.train.seed, tasks_per_batch=ep.meta_batch,
+        within_group=ep.within_group, group_depth=ep.group_depth,
     )
     source: Any = sampler
     dist = dist if dist is not None else DistContext.current()

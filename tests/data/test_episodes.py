@@ -146,3 +146,58 @@ def test_sampler_errors_name_the_numbers() -> None:
         args = {"ways": 2, "shots": 1, "queries": 1} | bad
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer"):
             EpisodeSampler(store, **args)
+
+
+def _grouped_store(sizes: list[int]) -> ClassStore:
+    """A tagged store whose classes are named ``g{group}/c{index}`` with ``sizes[g]`` classes in group g."""
+    base = tagged_store([6] * sum(sizes))
+    names = [f"g{g}/c{i:02d}" for g, n in enumerate(sizes) for i in range(n)]
+    return ClassStore(base.images, base.offsets, names, {"name": "grouped"})
+
+
+def test_within_group_episodes_stay_in_one_group_and_cover_the_eligible_groups() -> None:
+    sizes = [8, 3, 12, 5, 20]  # group 1 (3 classes) is too small for 5-way episodes
+    store = _grouped_store(sizes)
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    sampler = EpisodeSampler(store, 5, 1, 2, seed=4, tasks_per_batch=16, within_group=1.0)
+    seen = []
+    for i in range(40):
+        b = sampler.sample(i)
+        check_structure(b, store)
+        g = group_of[b.classes.numpy()]
+        assert (g == g[:, :1]).all(), "a within-group episode mixes groups"
+        seen.extend(g[:, 0].tolist())
+    counts = np.bincount(seen, minlength=len(sizes))
+    assert counts[1] == 0, "a group with fewer classes than ways was used"
+    # groups are picked uniformly (640 episodes over 4 eligible groups: 160 expected each)
+    assert all(110 < c < 210 for c in counts[[0, 2, 3, 4]]), counts
+
+
+def test_within_group_fraction_and_reproducibility() -> None:
+    sizes = [10] * 6
+    store = _grouped_store(sizes)
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    a = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50, within_group=0.5)
+    b = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50, within_group=0.5)
+    mixed = 0
+    for i in range(10):
+        assert digest(a.sample(i)) == digest(b.sample(i))
+        g = group_of[a.sample(i).classes.numpy()]
+        mixed += int((g != g[:, :1]).any(axis=1).sum())
+    # half the 500 episodes are drawn from all 60 classes, and such a 5-class draw is single-group with
+    # probability ~0.003, so about 250 episodes mix groups
+    assert 190 < mixed < 310, mixed
+    # the default (0.0) reproduces the plain sampler's episodes exactly
+    plain = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50)
+    zero = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50, within_group=0.0)
+    assert digest(plain.sample(3)) == digest(zero.sample(3))
+
+
+def test_within_group_errors() -> None:
+    store = _grouped_store([3, 4])
+    with pytest.raises(ValueError, match="largest of the 2 groups"):
+        EpisodeSampler(store, 5, 1, 1, within_group=1.0)
+    with pytest.raises(ValueError, match="within_group must be in"):
+        EpisodeSampler(store, 2, 1, 1, within_group=1.5)
+    with pytest.raises(ValueError, match="group_depth"):
+        EpisodeSampler(store, 2, 1, 1, within_group=0.5, group_depth=0)

@@ -68,6 +68,12 @@ class EpisodeSampler:
         queries: query items per class (Q).
         seed: base seed; batch ``i`` depends only on (seed, i).
         tasks_per_batch: episodes per batch (T, the meta-batch).
+        within_group: fraction of episodes whose N classes all come from one class *group* (the default
+            0.0 draws every episode's classes from the whole store). A group is the first ``group_depth``
+            components of the class name (``Alphabet/character07`` -> ``Alphabet`` for Omniglot), so
+            ``within_group=1.0`` gives Lake et al.'s within-alphabet episodes. Each such episode picks one
+            group uniformly among those with at least N classes.
+        group_depth: how many leading ``/``-separated name components form the group.
 
     Raises:
         ValueError: if ways exceeds the number of classes or a class has fewer than shots + queries items
@@ -75,7 +81,7 @@ class EpisodeSampler:
     """
 
     def __init__(self, store: ClassStore, ways: int, shots: int, queries: int, seed: int = 0,
-                 tasks_per_batch: int = 1) -> None:
+                 tasks_per_batch: int = 1, within_group: float = 0.0, group_depth: int = 1) -> None:
         for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0),
                             ("tasks_per_batch", tasks_per_batch, 1)):
             if int(v) != v or v < lo:
@@ -104,6 +110,25 @@ class EpisodeSampler:
         self._min_count = int(counts.min())
         self._max_count = int(counts.max())
         self._labels_s = torch.arange(self.ways).repeat_interleave(self.shots)
+        if not 0.0 <= float(within_group) <= 1.0:
+            raise ValueError(f"EpisodeSampler: within_group must be in [0, 1], got {within_group}")
+        if int(group_depth) != group_depth or group_depth < 1:
+            raise ValueError(f"EpisodeSampler: group_depth must be an integer >= 1, got {group_depth}")
+        self.within_group = float(within_group)
+        self._groups: list[np.ndarray] = []
+        if self.within_group > 0:
+            members: dict[str, list[int]] = {}
+            for c, name in enumerate(store.class_names):
+                members.setdefault("/".join(name.split("/")[: int(group_depth)]), []).append(c)
+            self._groups = [np.asarray(v, dtype=np.int64) for _, v in sorted(members.items())
+                            if len(v) >= self.ways]
+            if not self._groups:
+                biggest = max(len(v) for v in members.values())
+                raise ValueError(
+                    f"EpisodeSampler: within_group={within_group} needs a class group with at least "
+                    f"ways={ways} classes, but the largest of the {len(members)} groups (first {group_depth} "
+                    f"name component(s), e.g. {next(iter(members))!r}) has {biggest}"
+                )
         self._labels_q = torch.arange(self.ways).repeat_interleave(self.queries)
 
     def indices(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +136,12 @@ class EpisodeSampler:
         rng = np.random.default_rng([self.seed, int(batch_index)])
         T, N, m = self.tasks_per_batch, self.ways, self.shots + self.queries
         classes = _distinct(rng, T, N, np.full((T,), self.store.num_classes))
+        if self.within_group > 0:  # extra draws only here: batches without groups stay as they were
+            within = rng.random(T) < self.within_group
+            picks = rng.integers(0, len(self._groups), size=T)
+            for t in np.flatnonzero(within):
+                g = self._groups[picks[t]]
+                classes[t] = g[_distinct(rng, 1, N, np.full((1,), len(g)))[0]]
         counts = self._counts[classes]  # [T, N]
         if self._min_count == self._max_count:
             items = _distinct(rng, T * N, m, np.full((T * N,), self._min_count)).reshape(T, N, m)
