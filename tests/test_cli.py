@@ -33,11 +33,16 @@ def test_train_eval_json(tmp_path, data_root, capsys):
     assert any("loss" in x for x in lines) and any("val_acc" in x for x in lines)
     rc = main(["eval", str(out), "--episodes", "20", "--json", "--ways", "5", "--shots", "1"])
     assert rc == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr()
+    assert "evaluate" in printed.err, "the progress bar goes to stderr"
+    assert len(printed.out.strip().splitlines()) == 1, "stdout holds the JSON object only"
+    res = json.loads(printed.out)
     assert {"acc", "ci95"} <= set(res) and 0 <= res["acc"] <= 100 and res["episodes"] == 20
     # the same command gives the same number (fixed episodes)
-    main(["eval", str(out), "--episodes", "20", "--json", "--ways", "5", "--shots", "1"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["acc"] == res["acc"]
+    main(["eval", str(out), "--episodes", "20", "--json", "--ways", "5", "--shots", "1", "--quiet"])
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["acc"] == res["acc"]
+    assert "evaluate" not in printed.err, "--quiet draws no progress bar"
 
 
 def test_predict_csv(tmp_path, data_root, capsys):

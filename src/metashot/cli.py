@@ -56,7 +56,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
                        **(data.get("options") or {}) if dataset == data["dataset"] else {})
     res = evaluate(learner, store, a.ways or ev["ways"], a.shots or ev["shots"],
                    a.queries or ev["queries"], episodes, a.seed if a.seed is not None else ev["seed"],
-                   ev.get("meta_batch", 16), a.device, progress=not a.json)
+                   ev.get("meta_batch", 16), a.device, progress=not a.quiet)
     res["checkpoint"] = str(a.checkpoint)
     if a.json:
         print(json.dumps(res))
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int)
     e.add_argument("--json", action="store_true", help="print one JSON object (acc and ci95 in percent)")
+    e.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is drawn on stderr, so --json output on stdout is unaffected)")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="classify a folder of images (or sentences) from a support set")
