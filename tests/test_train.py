@@ -329,3 +329,21 @@ def test_cli_train_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "config.yaml").write_text(json.dumps(tiny_cfg().to_dict()))
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no last/ checkpoint there" in capsys.readouterr().err
+
+
+def test_build_trainer_passes_the_episode_group_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metashot.train as train_mod
+
+    names = [f"g{i // 4}/c{i}" for i in range(12)]  # 3 groups of 4 classes
+    store = tiny_store()
+    store = ClassStore(store.images, store.offsets, names, {"name": "tiny-groups"})
+    monkeypatch.setattr(train_mod, "load_split", lambda *a, **k: store)
+    cfg = Config.from_dict({"name": "groups", "model": {"algorithm": "protonet", "backbone": "conv4",
+                                                        "backbone_args": {"in_channels": 1, "hidden": 4,
+                                                                          "out_channels": 4, "depth": 2}},
+                            "episodes": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 8,
+                                         "within_group": 1.0},
+                            "train": {"steps": 1, "val_every": 0}})
+    trainer = train_mod.build_trainer(cfg, progress=False)
+    classes = trainer.source.sample(0).classes.numpy()
+    assert ((classes // 4) == (classes[:, :1] // 4)).all(), "episodes.within_group did not reach the sampler"

@@ -9,7 +9,15 @@ import torch
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.data.store import ClassStore
 
-from ._helpers import child_digests, child_report, digest, tagged_store
+from ._helpers import (
+    CHILD_ARGS,
+    CHILD_BATCHES,
+    CHILD_SIZES,
+    child_digests,
+    child_report,
+    digest,
+    tagged_store,
+)
 
 
 def check_structure(b: EpisodeBatch, store: ClassStore) -> None:
@@ -185,12 +193,23 @@ def test_within_group_fraction_and_reproducibility() -> None:
         g = group_of[a.sample(i).classes.numpy()]
         mixed += int((g != g[:, :1]).any(axis=1).sum())
     # half the 500 episodes are drawn from all 60 classes, and such a 5-class draw is single-group with
-    # probability ~0.003, so about 250 episodes mix groups
+    # probability 6 * C(10, 5) / C(60, 5) ~ 3e-4, so about 250 episodes mix groups
     assert 190 < mixed < 310, mixed
-    # the default (0.0) reproduces the plain sampler's episodes exactly
-    plain = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50)
-    zero = EpisodeSampler(store, 5, 1, 1, seed=9, tasks_per_batch=50, within_group=0.0)
-    assert digest(plain.sample(3)) == digest(zero.sample(3))
+
+
+# Digests of CHILD_BATCHES drawn by the sampler as it was before within_group existed (commit 6ad67ff): the
+# default sampler, and within_group=0 with any group_depth, must keep drawing exactly these episodes.
+DIGESTS_BEFORE_GROUPS = [
+    "9908c69cc16e7590b329b483d9410993c815f0826d486e3bb483da0625245ceb",
+    "5eba6a64316d2aaaf71c8c3c0beadc3b917cdcf90c07b58639c60ad59db4fb97",
+    "d8296304ee9e2f26166d6f820150f2b58a0d350909a0341018dfec599c28e709",
+]
+
+
+@pytest.mark.parametrize("extra", [{}, {"within_group": 0.0, "group_depth": 3}])
+def test_without_groups_the_episodes_are_those_drawn_before_groups_existed(extra: dict) -> None:
+    s = EpisodeSampler(tagged_store(CHILD_SIZES), **CHILD_ARGS, **extra)
+    assert [digest(s.sample(i)) for i in CHILD_BATCHES] == DIGESTS_BEFORE_GROUPS
 
 
 def test_within_group_errors() -> None:

@@ -77,7 +77,9 @@ class EpisodeSampler:
 
     Raises:
         ValueError: if ways exceeds the number of classes or a class has fewer than shots + queries items
-            (the message names the class and the numbers).
+            (the message names the class and the numbers); if within_group is outside [0, 1] or
+            group_depth < 1; if within_group > 0 and no group has ``ways`` classes (groups with fewer classes
+            are never used for within-group episodes).
     """
 
     def __init__(self, store: ClassStore, ways: int, shots: int, queries: int, seed: int = 0,
