@@ -47,6 +47,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     learner, meta = load_checkpoint(a.checkpoint, a.device)
+    if a.path:
+        if not hasattr(learner, "vectorized"):
+            raise ValueError(f"--path applies to the gradient-based learners (MAML, Meta-SGD, ANIL); "
+                             f"{type(learner).__name__} has no inner loop to vectorise")
+        learner.vectorized = a.path == "vectorized"
     cfg = meta["config"]
     data, ev = cfg["data"], cfg["eval"]
     dataset = a.dataset or data["dataset"]
@@ -276,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object (acc and ci95 in percent)")
     e.add_argument("--quiet", action="store_true",
                    help="no progress bar (it is drawn on stderr, so --json output on stdout is unaffected)")
+    e.add_argument("--path", choices=["vectorized", "loop"],
+                   help="MAML family: adapt the episodes of a batch with vmap or one by one (the same "
+                        "numbers up to rounding; on CPU the loop is faster for large images, e.g. 84x84)")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="classify a folder of images (or sentences) from a support set")

@@ -64,3 +64,33 @@ def test_checkpoint_fit_predict_matches_adapt(trained, omniglot_test) -> None:
     # a 3-way support set is a clear error: the head was meta-learned for 5 ways
     with pytest.raises(ValueError, match="outputs 5 logits but the task has 3 classes"):
         clf.fit(f.support_x[0][:3], ["a", "b", "c"])
+
+
+def test_cli_eval_path_loop_matches_vectorized(trained, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`metashot eval --path loop|vectorized`: the flag picks the path, and both give the same accuracies."""
+    import json
+
+    from metashot.algorithms.maml import MAML
+    from metashot.cli import main
+
+    seen: list[bool] = []
+    original = MAML.predict_batch
+
+    def spy(self: MAML, batch: object) -> torch.Tensor:
+        seen.append(self.vectorized)
+        return original(self, batch)
+
+    monkeypatch.setattr(MAML, "predict_batch", spy)
+    path, _ = trained
+    accs = {}
+    for p in ("loop", "vectorized"):
+        seen.clear()
+        assert main(["eval", str(path), "--episodes", "12", "--seed", "5", "--json", "--quiet",
+                     "--threads", "1", "--path", p]) == 0
+        accs[p] = json.loads(capsys.readouterr().out)["acc"]
+        assert seen and set(seen) == {p == "vectorized"}
+    assert accs["loop"] == accs["vectorized"], accs
+    # a learner without an inner loop refuses the flag
+    assert main(["eval", "protonet-omniglot", "--episodes", "2", "--path", "loop"]) == 2
+    assert "--path applies to the gradient-based learners" in capsys.readouterr().err
