@@ -112,6 +112,7 @@ class EpisodeSampler:
         self._min_count = int(counts.min())
         self._max_count = int(counts.max())
         self._labels_s = torch.arange(self.ways).repeat_interleave(self.shots)
+        self._labels_q = torch.arange(self.ways).repeat_interleave(self.queries)
         if not 0.0 <= float(within_group) <= 1.0:
             raise ValueError(f"EpisodeSampler: within_group must be in [0, 1], got {within_group}")
         if int(group_depth) != group_depth or group_depth < 1:
@@ -131,7 +132,6 @@ class EpisodeSampler:
                     f"ways={ways} classes, but the largest of the {len(members)} groups (first {group_depth} "
                     f"name component(s), e.g. {next(iter(members))!r}) has {biggest}"
                 )
-        self._labels_q = torch.arange(self.ways).repeat_interleave(self.queries)
 
     def indices(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Store classes [T, N] and store rows [T, N, K+Q] of batch ``batch_index`` (no image is touched)."""
