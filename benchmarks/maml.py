@@ -8,6 +8,7 @@ inner steps.
     python benchmarks/maml.py --config A --path vectorized --device cpu --threads 2
     python benchmarks/maml.py --config B --path loop --first-order
     python benchmarks/maml.py --config A --path loop --steps 10 --checkpoint-inner   # memory option
+    python benchmarks/maml.py --config A --threads 1 --task-workers 2                # 2 task chunks, 2 cores
 
 ``peak_mem_gib``: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
 (``ru_maxrss``, everything included: Python, torch, data), with ``rss_before_gib`` its value before the
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=None, help="override the config's queries per class")
     p.add_argument("--meta-batch", type=int, default=None, help="override the config's meta-batch (32)")
     p.add_argument("--checkpoint-inner", action="store_true", help="recompute inner steps (loop path)")
+    p.add_argument("--task-workers", type=int, default=1,
+                   help="MAML(task_workers=...): chunks of the meta-batch run concurrently in threads")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--all", action="store_true",
@@ -93,7 +96,7 @@ def run(a: argparse.Namespace) -> dict:
     T, N, K, Q = cfg["meta_batch"], cfg["ways"], cfg["shots"], cfg["queries"]
     learner = MAML(maml_omniglot(1, 64, N), inner_lr=cfg["inner_lr"], inner_steps=cfg["steps"],
                    first_order=a.first_order, vectorized=a.path == "vectorized",
-                   checkpoint_inner=a.checkpoint_inner).to(dev)
+                   checkpoint_inner=a.checkpoint_inner, task_workers=a.task_workers).to(dev)
     learner.train()
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(a.seed)
@@ -139,7 +142,8 @@ def run(a: argparse.Namespace) -> dict:
         "device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                             else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "meta_batch": T, "ways": N, "shots": K, "queries": Q,
-        "inner_steps": cfg["steps"], "checkpoint_inner": a.checkpoint_inner, "iters": a.iters,
+        "inner_steps": cfg["steps"], "checkpoint_inner": a.checkpoint_inner, "task_workers": a.task_workers,
+        "iters": a.iters,
         "tasks_per_s": round(T * a.iters / dt, 2), "s_per_iter": round(dt / a.iters, 4),
         "tasks_per_cpu_s": round(T * a.iters / cpu, 2), "load_avg_1min": round(_load(), 2),
         "peak_mem_gib": round(peak, 4),

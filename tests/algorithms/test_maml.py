@@ -65,6 +65,53 @@ def test_vectorized_equals_loop_with_batch_norm(cls: type[MAML], steps: int) -> 
     assert float(g_loop.norm()) > 0
 
 
+@pytest.mark.parametrize(("cls", "steps", "vectorized"),
+                         [(MAML, 1, True), (MAML, 5, True), (MAML, 2, False), (MetaSGD, 2, True),
+                          (ANIL, 2, True)])
+def test_task_workers_equal_one_worker(cls: type[MAML], steps: int, vectorized: bool) -> None:
+    """task_workers=3 (uneven chunks of 7 tasks, in threads) == one worker: loss, meta-gradient, outputs."""
+    batch = _batch(T=7, N=3, K=2, Q=2)
+    results, preds = [], []
+    for workers in (1, 3):
+        learner = cls(_tiny_conv(), inner_lr=0.1, inner_steps=steps, vectorized=vectorized,
+                      task_workers=workers).double()
+        learner.train()
+        loss, grad = _meta_grad(learner, batch)
+        # .backward() on the returned loss fills .grad the same way
+        learner.zero_grad()
+        learner.meta_loss(batch)[0].backward()
+        via_backward = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(),
+                                  dtype=p.dtype) for p in learner.parameters() if p.requires_grad])
+        assert torch.equal(via_backward, grad)
+        results.append((loss, grad))
+        learner.eval()
+        preds.append(learner.predict_batch(batch))
+    (l1, g1), (l3, g3) = results
+    assert abs(float(l1 - l3)) <= 1e-12 * abs(float(l1))
+    rel = float((g1 - g3).norm() / g1.norm())
+    assert rel <= 1e-9, f"{cls.__name__}: task_workers meta-gradient rel. err {rel:.2e}"
+    assert float((preds[0] - preds[1]).abs().max()) <= 1e-10
+    assert preds[1].shape == (7, 6, 3)
+
+
+def test_task_workers_leave_module_alone_and_refuse_dropout() -> None:
+    learner = MAML(_tiny_conv(), inner_lr=0.1, task_workers=2).double()
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    learner.meta_loss(_batch(T=4, N=3, K=1, Q=2))[0].backward()
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert set(learner.state_dict()) == set(before)  # the worker replicas are not part of the state
+    assert learner.config_dict()["task_workers"] == 2
+    assert len(learner._replicas) == 2
+    import copy
+    assert copy.deepcopy(learner)._replicas == []
+    with pytest.raises(ValueError, match="task_workers must be an integer >= 1"):
+        MAML(_tiny_conv(), task_workers=0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Dropout(0.1), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="dropout"):
+        MAML(net, task_workers=2)
+    MAML(net, task_workers=1)  # fine without workers
+
+
 def test_second_order_gradient_matches_finite_differences() -> None:
     """Central differences of the 2-step second-order MAML meta-loss (tiny MLP with batch norm)."""
     torch.manual_seed(3)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -16,6 +20,35 @@ LOSSES = ("cross_entropy", "mse")
 
 def _lr_key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys cannot contain dots
+
+
+# Task-parallel execution (``task_workers``): every worker thread calls the network through its own replica of
+# the backbone module, because torch.func.functional_call swaps tensors into the module object it is given
+# for the duration of the call, which is not safe when two threads share one module.
+_WORKER = threading.local()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="metashot-task")
+        return _POOLS[workers]
+
+
+class _GivenGradients(torch.autograd.Function):
+    """``value`` whose backward hands each of ``params`` a precomputed gradient (times the incoming one)."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, grads: Sequence[torch.Tensor | None],
+                *params: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, *[None if g is None else grad_out * g for g in ctx.grads])
 
 
 @register("maml")
@@ -56,6 +89,13 @@ class MAML(MetaLearner):
             ``head_prefix``).
         head_prefix: name prefix of the head's parameters (``head.`` for the built-in MAML nets).
         checkpoint_inner: recompute inner steps in the backward pass to save memory (loop path only).
+        task_workers: split the meta-batch into this many chunks of tasks and run them concurrently in
+            threads, each chunk's inner loops, query loss and meta-gradient at once (on either path); the
+            chunk gradients are summed in a fixed order. Worth it on a multi-core CPU, where small per-task
+            operations do not fill the cores: use it with ``train.threads`` = cores / ``task_workers`` (e.g.
+            2 workers x 1 thread on 2 cores). The loss it returns carries the exact meta-gradient for
+            ``backward()`` but has no graph of its own (no double backward through the meta-loss); networks
+            with dropout are refused (random draws from concurrent threads would not be reproducible).
     """
 
     adapt_needs_grad = True
@@ -63,7 +103,8 @@ class MAML(MetaLearner):
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  inner_steps_test: int | None = None, first_order: bool = False, vectorized: bool = True,
                  loss: str = "cross_entropy", bn: str = "batch", learn_inner_lr: bool = False,
-                 adapt: str = "all", head_prefix: str = "head.", checkpoint_inner: bool = False) -> None:
+                 adapt: str = "all", head_prefix: str = "head.", checkpoint_inner: bool = False,
+                 task_workers: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
         if loss not in LOSSES:
@@ -76,6 +117,11 @@ class MAML(MetaLearner):
             raise ValueError(f"{name}: inner_steps must be >= 0, got {inner_steps} / {inner_steps_test}")
         if checkpoint_inner and vectorized:
             raise ValueError(f"{name}: checkpoint_inner=True needs vectorized=False (the loop path)")
+        if int(task_workers) != task_workers or task_workers < 1:
+            raise ValueError(f"{name}: task_workers must be an integer >= 1, got {task_workers!r}")
+        if task_workers > 1 and any(isinstance(m, nn.modules.dropout._DropoutNd) for m in backbone.modules()):
+            raise ValueError(f"{name}: task_workers > 1 with a dropout layer in the network: its random "
+                             "draws from concurrent threads would not be reproducible; use task_workers=1")
         self.backbone = backbone
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
@@ -88,6 +134,8 @@ class MAML(MetaLearner):
         self.adapt_mode = adapt
         self.head_prefix = head_prefix
         self.checkpoint_inner = bool(checkpoint_inner)
+        self.task_workers = int(task_workers)
+        self._replicas: list[nn.Module] = []
         names = [k for k, p in backbone.named_parameters() if p.requires_grad]
         if adapt == "head":
             names = [k for k in names if k.startswith(head_prefix)]
@@ -106,7 +154,8 @@ class MAML(MetaLearner):
 
     def forward_with(self, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
         """The backbone on x [B, *item] with ``params``: [B, N] (or [B, D] for regression)."""
-        return functional_forward(self.backbone, params, buffers, x, bn=self.bn)
+        module = getattr(_WORKER, "modules", {}).get(id(self), self.backbone)
+        return functional_forward(module, params, buffers, x, bn=self.bn)
 
     def task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss == "mse":
@@ -186,26 +235,94 @@ class MAML(MetaLearner):
         return torch.stack([self._task_query(params, buffers, support_x[t], support_y[t], query_x[t], steps,
                                              first_order, False) for t in range(support_x.shape[0])])
 
+    def _chunks(self, tasks: int) -> list[tuple[int, int]]:
+        w = min(self.task_workers, tasks)
+        return [(i * tasks // w, (i + 1) * tasks // w) for i in range(w)]
+
+    def _in_workers(self, fn: Callable[[int, int], Any], tasks: int, grad: bool) -> list[Any]:
+        """``fn(lo, hi)`` for each chunk of tasks, concurrently (one backbone replica per worker thread).
+
+        Grad mode is thread-local in torch, so each worker sets the caller's. Under autocast (also
+        thread-local) the chunks run one after the other in the calling thread.
+        """
+        chunks = self._chunks(tasks)
+        if len(chunks) == 1 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            with torch.set_grad_enabled(grad):
+                return [fn(lo, hi) for lo, hi in chunks]
+        while len(self._replicas) < len(chunks):
+            self._replicas.append(copy.deepcopy(self.backbone))
+        training = self.backbone.training
+
+        def run(k: int) -> Any:
+            replica = self._replicas[k]
+            replica.train(training)
+            modules = _WORKER.__dict__.setdefault("modules", {})
+            modules[id(self)] = replica
+            try:
+                with torch.set_grad_enabled(grad):
+                    return fn(*chunks[k])
+            finally:
+                del modules[id(self)]
+
+        futures = [_pool(len(chunks)).submit(run, k) for k in range(len(chunks))]
+        return [f.result() for f in futures]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_replicas"] = []  # rebuilt on demand from the backbone
+        return state
+
+    def _outputs_loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.loss == "mse":
+            return F.mse_loss(out, y, reduction=reduction)
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction=reduction)
+
+    def _metrics(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        if self.loss == "mse":
+            return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), "acc": float((out.argmax(-1) == y).float().mean())}
+
     def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss of the adapted networks over the meta-batch (Eq. 2); ``loss``/``acc`` metrics."""
         self._check_ways(batch.support_x[0], batch.ways)
-        with torch.enable_grad():
-            out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
-        if self.loss == "mse":
-            loss = F.mse_loss(out, batch.query_y)
-            return loss, {"loss": float(loss.detach())}
-        loss = F.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
-        acc = (out.argmax(-1) == batch.query_y).float().mean()
-        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+        tasks = batch.support_x.shape[0]
+        if len(self._chunks(tasks)) == 1:
+            with torch.enable_grad():
+                out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
+            loss = self._outputs_loss(out, batch.query_y)
+            return loss, self._metrics(loss, out, batch.query_y)
+        # Task-parallel: each worker differentiates its chunk's summed query loss; the mean's gradient is the
+        # sum of the chunks' gradients over the number of query items, added up in chunk order.
+        params = [p for p in self.parameters() if p.requires_grad]
+        count = batch.query_y.numel()
+
+        def chunk(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
+            out = self.query_outputs(batch.support_x[lo:hi], batch.support_y[lo:hi], batch.query_x[lo:hi])
+            total = self._outputs_loss(out, batch.query_y[lo:hi], reduction="sum")
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+            return out.detach(), total.detach(), grads
+
+        results = self._in_workers(chunk, tasks, grad=True)
+        out = torch.cat([r[0] for r in results])
+        value = sum(r[1] for r in results[1:]) + results[0][1]
+        grads = []
+        for i in range(len(params)):
+            parts = [r[2][i] for r in results if r[2][i] is not None]
+            grads.append(None if not parts else sum(parts[1:], parts[0]) / count)
+        loss = _GivenGradients.apply(value / count, grads, *params)
+        return loss, self._metrics(loss, out, batch.query_y)
 
     def predict_batch(self, batch: Any) -> torch.Tensor:
         self._check_ways(batch.support_x[0], batch.ways)
-        if self.vectorized and not self.training:
-            # torch.func.grad differentiates inside no_grad: the inner loop runs, no outer graph is recorded.
-            with torch.no_grad():
-                return self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
-        with torch.enable_grad():
-            return self.query_outputs(batch.support_x, batch.support_y, batch.query_x).detach()
+        # torch.func.grad differentiates inside no_grad: the vectorised inner loop needs no outer graph.
+        no_graph = self.vectorized and not self.training
+
+        def chunk(lo: int, hi: int) -> torch.Tensor:
+            out = self.query_outputs(batch.support_x[lo:hi], batch.support_y[lo:hi], batch.query_x[lo:hi])
+            return out.detach()
+
+        outs = self._in_workers(chunk, batch.support_x.shape[0], grad=not no_graph)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Predictor:
         """Fine-tune a copy of the parameters on one support set; the predictor is the adapted network.
@@ -240,7 +357,7 @@ class MAML(MetaLearner):
                 "vectorized": self.vectorized, "loss": self.loss, "bn": self.bn,
                 "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_mode,
                 "head_prefix": self.head_prefix,
-                "checkpoint_inner": self.checkpoint_inner}
+                "checkpoint_inner": self.checkpoint_inner, "task_workers": self.task_workers}
 
 
 @register("metasgd")
