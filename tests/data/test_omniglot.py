@@ -121,6 +121,28 @@ def test_official_minimal_sets(data_root: Path, split: str, alphabets: int, clas
     assert "Latin/character01" in s.class_names
 
 
+def test_official_set_with_rotations_as_classes(data_root: Path) -> None:
+    plain = om.omniglot("background_small1", data_root)
+    rot = om.omniglot("background_small1", data_root, rotations=[0, 90, 180, 270])
+    assert (rot.num_classes, len(rot)) == (4 * 136, 4 * 2720)
+    assert rot.class_names[:4] == [f"Balinese/character01/rot{a:03d}" for a in (0, 90, 180, 270)]
+    assert all(NAME.match(n) for n in rot.class_names)
+    assert rotation_mismatches(rot) == 0
+    first = plain.class_names[0]
+    assert torch.equal(rot.class_images(rot.index(f"{first}/rot000")), plain.class_images(0))
+    assert rot.meta["rotations"] == [0, 90, 180, 270] and rot.meta["name"] == "omniglot/background_small1"
+    # a subset of angles, and the option through load_split (as a config's data.options passes it)
+    from metashot.data import load_split
+    two = load_split("omniglot", "background_small1", data_root, rotations=[0, 180])
+    assert two.num_classes == 2 * 136 and two.class_names[1].endswith("/rot180")
+    with pytest.raises(ValueError, match="multiple of 90"):
+        om.omniglot("background_small1", data_root, rotations=[45])
+    with pytest.raises(ValueError, match="distinct angles"):
+        om.omniglot("background_small1", data_root, rotations=[0, 0])
+    with pytest.raises(ValueError, match="always holds the rotations"):
+        om.omniglot("train", data_root, rotations=[0, 90])
+
+
 def test_extracted_folder_gives_identical_images(data_root: Path, tmp_path: Path) -> None:
     part = "images_background_small1"
     keep = ("Early_Aramaic", "Greek")

@@ -23,6 +23,7 @@ import io
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -180,17 +181,29 @@ def load_part(part: str, root: Path | None = None, spec: ImageSpec = OMNIGLOT_SP
 
 
 def omniglot(split: str = "train", root: Path | None = None, image_size: int = 28,
-             download_missing: bool = True, cache_dir: Path | None = None) -> ClassStore:
+             download_missing: bool = True, cache_dir: Path | None = None,
+             rotations: Sequence[int] | None = None) -> ClassStore:
     """Omniglot classes of ``split`` as a :class:`ClassStore` of uint8 [M, 1, size, size] images.
 
     ``split``: ``train``/``val``/``test``/``trainval`` (Vinyals, with rotations as classes) or one of the
     official sets ``background``, ``evaluation``, ``background_small1``, ``background_small2``.
+    ``rotations`` (official sets only, e.g. ``[0, 90, 180, 270]``; in a config
+    ``data.options.rotations``): add each character rotated by these angles as a class of its own, as the
+    Vinyals split does; ``None`` keeps the set as it is. The Vinyals splits always hold the four rotations.
     """
     spec = ImageSpec(size=image_size, channels=1, invert=True, resize_filter="box")
     if split in OFFICIAL_SETS:
         store = load_part(f"images_{split}", root, spec, download_missing, cache_dir)
         store.meta.update(name=f"omniglot/{split}", split=split)
+        if rotations is not None:
+            angles = [int(a) for a in rotations]
+            if not angles or len(set(angles)) != len(angles):
+                raise ValueError(f"Omniglot rotations must be distinct angles, got {list(rotations)}")
+            store = store.with_rotations(angles)
         return store
+    if rotations is not None:
+        raise ValueError(f"Omniglot split {split!r} (Vinyals) always holds the rotations 0/90/180/270; "
+                         "the rotations option is for the official sets (background, evaluation, ...)")
     names = vinyals_split(split)
     needed = ("images_background", "images_evaluation")
     base = (Path(root) if root is not None else data_root()) / "omniglot"
