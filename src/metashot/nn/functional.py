@@ -94,10 +94,20 @@ def batch_norm_running_stats(x: torch.Tensor, running_mean: torch.Tensor, runnin
     return y
 
 
+def _under_functorch() -> bool:
+    """True inside a torch.func transform (vmap, grad, jvp, ...)."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is None or level() is not None
+
+
 class _ExplicitBatchNorm(TorchFunctionMode):
     """Routes ``F.batch_norm`` to :func:`batch_norm_batch_stats` / :func:`batch_norm_running_stats`.
 
     Running statistics are never updated (no in-place writes), whatever the module's training flag.
+    Batch statistics use torch's fused kernel (``torch.batch_norm`` without running statistics) outside
+    torch.func transforms, where its first and second derivatives are exact and it is faster (the per-task
+    loop), and the explicit formula inside them, where the fused kernel's batching rule gives wrong
+    meta-gradients (tests/algorithms/test_maml.py compares the two paths in float64).
     """
 
     def __init__(self, mode: str) -> None:
@@ -119,6 +129,8 @@ class _ExplicitBatchNorm(TorchFunctionMode):
                 raise ValueError("metashot.nn.functional: bn='running' but a batch-norm layer has no running "
                                  "statistics (track_running_stats=False); use bn='batch'")
             return batch_norm_running_stats(input, running_mean, running_var, weight, bias, eps)
+        if not _under_functorch():
+            return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False)
         return batch_norm_batch_stats(input, weight, bias, eps)
 
 
