@@ -45,7 +45,7 @@ job() {  # $1 = method, $2 = 5w1s | 5w5s, then config overrides: train on that s
   local method=$1 setting=$2 name
   shift 2
   name=budget${STEPS}-mini-$method-$setting
-  train "$method-miniimagenet-$setting" "$name" "$@" && evaluate "$name" "${setting:3:1}"
+  train "$method-miniimagenet-$setting" "$name" "$@" && evaluate "$name" "${setting:2:1}"  # 5w1s -> 1
 }
 
 shared_job() {  # $1 = config (trained once), then overrides: evaluate at 1 and 5 shots
