@@ -103,13 +103,51 @@ def test_task_workers_leave_module_alone_and_refuse_dropout() -> None:
     assert learner.config_dict()["task_workers"] == 2
     assert len(learner._replicas) == 2
     import copy
+    import pickle
+    import threading
     assert copy.deepcopy(learner)._replicas == []
+    assert pickle.loads(pickle.dumps(learner))._replicas == []
+    # the chunks really run in the worker threads, each through its own replica of the network
+    seen = []
+    forward = learner.forward_with
+
+    def spy(params, buffers, x):  # noqa: ANN001, ANN202
+        seen.append(threading.current_thread().name)
+        return forward(params, buffers, x)
+
+    learner.forward_with = spy
+    loss, _ = learner.meta_loss(_batch(T=4, N=3, K=1, Q=2))
+    assert seen and all(n.startswith("metashot-task") for n in seen)
+    # the returned loss carries first derivatives only: a double backward raises instead of giving zeros
+    params = [p for p in learner.parameters() if p.requires_grad]
+    (g0,) = torch.autograd.grad(loss, params[:1], create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g0.sum(), params[:1])
+    # without grad mode (or nothing to differentiate) the chunks are not differentiated
+    seen.clear()
+    with torch.no_grad():
+        value, _ = learner.meta_loss(_batch(T=4, N=3, K=1, Q=2))
+    assert not value.requires_grad and "MainThread" in seen
     with pytest.raises(ValueError, match="task_workers must be an integer >= 1"):
         MAML(_tiny_conv(), task_workers=0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Dropout(0.1), nn.Linear(8, 3))
     with pytest.raises(ValueError, match="dropout"):
         MAML(net, task_workers=2)
     MAML(net, task_workers=1)  # fine without workers
+
+
+def test_compiled_meta_loss_equals_eager_with_batch_norm() -> None:
+    """train.compile: torch.compile of the vectorised second-order meta-loss with batch norm traces (the batch
+    norm must take its explicit form while dynamo traces) and gives the eager loss and meta-gradient."""
+    batch = _batch(T=2, N=3, K=1, Q=2)
+    learner = MAML(_tiny_conv(), inner_lr=0.1, inner_steps=1, vectorized=True).double()
+    loss, grad = _meta_grad(learner, batch)
+    compiled = torch.compile(learner.meta_loss, backend="eager", fullgraph=False)
+    c_loss, _ = compiled(batch)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    c_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(c_loss, params)])
+    assert abs(float(c_loss - loss)) <= 1e-12 * abs(float(loss))
+    assert float((c_grad - grad).norm() / grad.norm()) <= 1e-9
 
 
 def test_second_order_gradient_matches_finite_differences() -> None:

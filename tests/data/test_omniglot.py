@@ -137,8 +137,9 @@ def test_official_set_with_rotations_as_classes(data_root: Path) -> None:
     assert two.num_classes == 2 * 136 and two.class_names[1].endswith("/rot180")
     with pytest.raises(ValueError, match="multiple of 90"):
         om.omniglot("background_small1", data_root, rotations=[45])
-    with pytest.raises(ValueError, match="distinct angles"):
-        om.omniglot("background_small1", data_root, rotations=[0, 0])
+    for same in ([0, 0], [0, 360]):
+        with pytest.raises(ValueError, match="distinct angles"):
+            om.omniglot("background_small1", data_root, rotations=same)
     with pytest.raises(ValueError, match="always holds the rotations"):
         om.omniglot("train", data_root, rotations=[0, 90])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,15 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools_after_fork() -> None:  # a forked child has none of the parent's worker threads
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
     with _POOLS_LOCK:
         if workers not in _POOLS:
@@ -47,6 +57,7 @@ class _GivenGradients(torch.autograd.Function):
         return value.detach().clone()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return (None, None, *[None if g is None else grad_out * g for g in ctx.grads])
 
@@ -94,8 +105,12 @@ class MAML(MetaLearner):
             chunk gradients are summed in a fixed order. Worth it on a multi-core CPU, where small per-task
             operations do not fill the cores: use it with ``train.threads`` = cores / ``task_workers`` (e.g.
             2 workers x 1 thread on 2 cores). The loss it returns carries the exact meta-gradient for
-            ``backward()`` but has no graph of its own (no double backward through the meta-loss); networks
-            with dropout are refused (random draws from concurrent threads would not be reproducible).
+            ``backward()`` but has no graph of its own (a double backward through the meta-loss raises);
+            networks with dropout are refused (random draws from concurrent threads would not be
+            reproducible). The workers inherit the caller's grad mode; under autocast, or with no parameter
+            requiring grad, or with grad disabled, the chunks run one after the other in the calling thread.
+            Other thread-local state (torch function/dispatch modes, saved-tensor hooks, CUDA streams) does
+            not reach the workers. Reptile's meta-update ignores it (only its evaluation uses it).
     """
 
     adapt_needs_grad = True
@@ -135,7 +150,7 @@ class MAML(MetaLearner):
         self.head_prefix = head_prefix
         self.checkpoint_inner = bool(checkpoint_inner)
         self.task_workers = int(task_workers)
-        self._replicas: list[nn.Module] = []
+        self._replicas: list[tuple[nn.Module, nn.Module]] = []  # (backbone, its structure-only copy)
         names = [k for k, p in backbone.named_parameters() if p.requires_grad]
         if adapt == "head":
             names = [k for k in names if k.startswith(head_prefix)]
@@ -249,13 +264,17 @@ class MAML(MetaLearner):
         if len(chunks) == 1 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
             with torch.set_grad_enabled(grad):
                 return [fn(lo, hi) for lo, hi in chunks]
+        if self._replicas and self._replicas[0][0] is not self.backbone:
+            self._replicas = []  # the backbone was replaced
         while len(self._replicas) < len(chunks):
-            self._replicas.append(copy.deepcopy(self.backbone))
-        training = self.backbone.training
+            # Structure only: every parameter and buffer is passed in at each call, so the copy holds no data.
+            self._replicas.append((self.backbone, copy.deepcopy(self.backbone).to("meta")))
+        flags = [m.training for m in self.backbone.modules()]
 
         def run(k: int) -> Any:
-            replica = self._replicas[k]
-            replica.train(training)
+            replica = self._replicas[k][1]
+            for m, flag in zip(replica.modules(), flags, strict=True):
+                m.training = flag
             modules = _WORKER.__dict__.setdefault("modules", {})
             modules[id(self)] = replica
             try:
@@ -268,7 +287,8 @@ class MAML(MetaLearner):
         return [f.result() for f in futures]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
+        state = dict(state if isinstance(state, dict) else self.__dict__)
         state["_replicas"] = []  # rebuilt on demand from the backbone
         return state
 
@@ -286,14 +306,14 @@ class MAML(MetaLearner):
         """Mean query loss of the adapted networks over the meta-batch (Eq. 2); ``loss``/``acc`` metrics."""
         self._check_ways(batch.support_x[0], batch.ways)
         tasks = batch.support_x.shape[0]
-        if len(self._chunks(tasks)) == 1:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if len(self._chunks(tasks)) == 1 or not params or not torch.is_grad_enabled():
             with torch.enable_grad():
                 out = self.query_outputs(batch.support_x, batch.support_y, batch.query_x)
             loss = self._outputs_loss(out, batch.query_y)
             return loss, self._metrics(loss, out, batch.query_y)
         # Task-parallel: each worker differentiates its chunk's summed query loss; the mean's gradient is the
         # sum of the chunks' gradients over the number of query items, added up in chunk order.
-        params = [p for p in self.parameters() if p.requires_grad]
         count = batch.query_y.numel()
 
         def chunk(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:

@@ -190,6 +190,8 @@ def omniglot(split: str = "train", root: Path | None = None, image_size: int = 2
     ``rotations`` (official sets only, e.g. ``[0, 90, 180, 270]``; in a config
     ``data.options.rotations``): add each character rotated by these angles as a class of its own, as the
     Vinyals split does; ``None`` keeps the set as it is. The Vinyals splits always hold the four rotations.
+    (In a config the option applies to every split the config loads, so ``metashot eval`` of such a run
+    evaluates on the rotated set too; ``metashot lake`` uses Lake's runs and is unaffected.)
     """
     spec = ImageSpec(size=image_size, channels=1, invert=True, resize_filter="box")
     if split in OFFICIAL_SETS:
@@ -197,7 +199,7 @@ def omniglot(split: str = "train", root: Path | None = None, image_size: int = 2
         store.meta.update(name=f"omniglot/{split}", split=split)
         if rotations is not None:
             angles = [int(a) for a in rotations]
-            if not angles or len(set(angles)) != len(angles):
+            if not angles or len({a % 360 for a in angles}) != len(angles):
                 raise ValueError(f"Omniglot rotations must be distinct angles, got {list(rotations)}")
             store = store.with_rotations(angles)
         return store

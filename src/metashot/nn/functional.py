@@ -12,19 +12,23 @@ Public API (also used by Meta-LSTM and any other optimisation-based learner):
     new = sgd_step(loss_fn, params, lr, first_order=False)        # one differentiable step (loop path)
     new = inner_sgd(loss_fn, params, lr, steps, vectorized=True)  # several steps (either path)
 
-Batch norm. ``functional_forward`` replaces every ``F.batch_norm`` call of the module (BatchNorm1d/2d/3d and
-anything else that calls it) by one of two explicit formulations:
+Batch norm. ``functional_forward`` intercepts every ``F.batch_norm`` call of the module (BatchNorm1d/2d/3d and
+anything else that calls it):
 
 - ``bn="batch"`` (default, *transductive*, as in Finn et al. 2017): normalise with the mean and biased
-  variance of the current batch, computed with ordinary tensor ops over every dim except the channel dim.
-  Under vmap this is per task. Running statistics are neither used nor updated, in training and in
-  evaluation alike, so the predictions on a query set depend on the whole query batch, as in the paper's
-  code.
-- ``bn="running"`` (inductive): normalise with the module's stored running statistics, frozen.
+  variance of the current batch, over every dim except the channel dim. Under vmap this is per task. Running
+  statistics are neither used nor updated, in training and in evaluation alike, so the predictions on a query
+  set depend on the whole query batch, as in the paper's code.
+- ``bn="running"`` (inductive): normalise with the module's stored running statistics, frozen (an explicit
+  affine map).
 
-The explicit formulation is what makes the vectorised path exact: it is built from mean/sub/mul ops whose
-batching rules are plain, instead of the fused native batch-norm kernel whose backward under vmap has given
-wrong meta-gradients (functorch issue 534). tests/nn/test_functional.py checks it against ``F.batch_norm``.
+Batch statistics are computed with an explicit formulation (mean/sub/mul ops whose batching rules are plain)
+inside torch.func transforms and while torch.compile traces, and with torch's fused kernel (without running
+statistics, so nothing is written) elsewhere, i.e. on the per-task loop path, where its first and second
+derivatives are exact and it is faster. The explicit formulation is what makes the vectorised path exact: the
+fused kernel's backward under vmap gives wrong meta-gradients (functorch issue 534; ``python
+benchmarks/maml_bn_vmap.py``). tests/nn/test_functional.py checks the explicit form against ``F.batch_norm``
+and tests/algorithms/test_maml.py the two paths against each other in float64.
 """
 
 from __future__ import annotations
@@ -94,8 +98,11 @@ def batch_norm_running_stats(x: torch.Tensor, running_mean: torch.Tensor, runnin
     return y
 
 
-def _under_functorch() -> bool:
-    """True inside a torch.func transform (vmap, grad, jvp, ...)."""
+def _explicit_bn_needed() -> bool:
+    """True inside a torch.func transform (vmap, grad, jvp, ...) or while torch.compile traces (dynamo cannot
+    trace the functorch level probe): where batch statistics must use the explicit formula."""
+    if torch.compiler.is_compiling():
+        return True
     level = getattr(torch._C._functorch, "maybe_current_level", None)
     return level is None or level() is not None
 
@@ -129,7 +136,7 @@ class _ExplicitBatchNorm(TorchFunctionMode):
                 raise ValueError("metashot.nn.functional: bn='running' but a batch-norm layer has no running "
                                  "statistics (track_running_stats=False); use bn='batch'")
             return batch_norm_running_stats(input, running_mean, running_var, weight, bias, eps)
-        if not _under_functorch():
+        if not _explicit_bn_needed():
             return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False)
         return batch_norm_batch_stats(input, weight, bias, eps)
 
