@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Omniglot Vinyals-split table of issue 4: Matching Nets and Relation Nets trained once each
 # (configs/{matching,relation}-omniglot-vinyals.yaml), then every model, the bundled ProtoNet included,
-# evaluated at 5-way and 20-way, 1-shot and 5-shot, on the same 1000 test episodes per setting (seed 1234, 15
-# queries per class). One thread per job, one job at a time. Logs go to logs/vinyals/, JSON results to
+# evaluated at 5-way and 20-way, 1-shot and 5-shot, on the same EPISODES test episodes per setting (default
+# 600, seed 1234, 15 queries per class). One thread per job, one job at a time. Logs go to logs/vinyals/, JSON results to
 # results/vinyals/.
 # Usage (repo root): METASHOT_DATA=../shared/data bash benchmarks/omniglot_vinyals_table.sh [train|eval|all]
 set -uo pipefail
 WHAT=${1:-all}
 MS=${METASHOT:-metashot}
+EPISODES=${EPISODES:-600}
 LOG=logs/vinyals RES=results/vinyals
 mkdir -p "$LOG" "$RES"
 if [ "$WHAT" != eval ]; then
@@ -26,7 +27,7 @@ if [ "$WHAT" != train ]; then
     for setting in "5 1" "5 5" "20 1" "20 5"; do
       set -- $setting
       t0=$(date +%s)
-      $MS eval "$model" --ways "$1" --shots "$2" --queries 15 --episodes 1000 --seed 1234 --threads 1 --json \
+      $MS eval "$model" --ways "$1" --shots "$2" --queries 15 --episodes "$EPISODES" --seed 1234 --threads 1 --json \
         > "$RES/$tag-$1w$2s.json" 2> "$LOG/$tag-$1w$2s.err"
       echo "$tag $1-way $2-shot ($(( $(date +%s) - t0 )) s): $(cat "$RES/$tag-$1w$2s.json")"
     done
