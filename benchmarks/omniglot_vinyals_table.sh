@@ -5,6 +5,7 @@
 # 600, seed 1234, 15 queries per class). One thread per job, one job at a time. Logs go to logs/vinyals/, JSON results to
 # results/vinyals/.
 # Usage (repo root): METASHOT_DATA=../shared/data bash benchmarks/omniglot_vinyals_table.sh [train|eval|all]
+# MODELS="runs/X protonet-omniglot" limits the evaluations to these checkpoints (default: all three).
 set -uo pipefail
 WHAT=${1:-all}
 MS=${METASHOT:-metashot}
@@ -22,7 +23,7 @@ if [ "$WHAT" != eval ]; then
   done
 fi
 if [ "$WHAT" != train ]; then
-  for model in runs/matching-omniglot-vinyals runs/relation-omniglot-vinyals protonet-omniglot; do
+  for model in ${MODELS:-runs/matching-omniglot-vinyals runs/relation-omniglot-vinyals protonet-omniglot}; do
     tag=$(basename "$model")
     for setting in "5 1" "5 5" "20 1" "20 5"; do
       set -- $setting
