@@ -5,7 +5,8 @@
 # 600, seed 1234, 15 queries per class). One thread per job, one job at a time. Logs go to logs/vinyals/, JSON results to
 # results/vinyals/.
 # Usage (repo root): METASHOT_DATA=../shared/data bash benchmarks/omniglot_vinyals_table.sh [train|eval|all]
-# MODELS="runs/X protonet-omniglot" limits the evaluations to these checkpoints (default: all three).
+# MODELS="runs/X protonet-omniglot" limits the evaluations to these checkpoints (default: all three);
+# SETTINGS="5x1 5x5" to these ways x shots (default: 5x1 5x5 20x1 20x5).
 set -uo pipefail
 WHAT=${1:-all}
 MS=${METASHOT:-metashot}
@@ -25,8 +26,8 @@ fi
 if [ "$WHAT" != train ]; then
   for model in ${MODELS:-runs/matching-omniglot-vinyals runs/relation-omniglot-vinyals protonet-omniglot}; do
     tag=$(basename "$model")
-    for setting in "5 1" "5 5" "20 1" "20 5"; do
-      set -- $setting
+    for setting in ${SETTINGS:-5x1 5x5 20x1 20x5}; do
+      set -- ${setting/x/ }
       t0=$(date +%s)
       $MS eval "$model" --ways "$1" --shots "$2" --queries 15 --episodes "$EPISODES" --seed 1234 --threads 1 --json \
         > "$RES/$tag-$1w$2s.json" 2> "$LOG/$tag-$1w$2s.err"
