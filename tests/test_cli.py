@@ -43,6 +43,16 @@ def test_train_eval_json(tmp_path, data_root, capsys):
     printed = capsys.readouterr()
     assert json.loads(printed.out)["acc"] == res["acc"]
     assert "evaluate" not in printed.err, "--quiet draws no progress bar"
+    # fewer episodes per forward pass: the same fixed episodes, the same accuracy
+    import importlib
+    from unittest import mock
+
+    ev_mod = importlib.import_module("metashot.evaluate")  # the package exports a function of that name
+    with mock.patch.object(ev_mod, "evaluate", wraps=ev_mod.evaluate) as spy:
+        main(["eval", str(out), "--episodes", "20", "--json", "--ways", "5", "--shots", "1", "--quiet",
+              "--meta-batch", "3"])
+    assert spy.call_args.args[7] == 3
+    assert abs(json.loads(capsys.readouterr().out)["acc"] - res["acc"]) <= 1e-9
 
 
 def test_predict_csv(tmp_path, data_root, capsys):

@@ -61,7 +61,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
                        **(data.get("options") or {}) if dataset == data["dataset"] else {})
     res = evaluate(learner, store, a.ways or ev["ways"], a.shots or ev["shots"],
                    a.queries or ev["queries"], episodes, a.seed if a.seed is not None else ev["seed"],
-                   ev.get("meta_batch", 16), a.device, progress=not a.quiet)
+                   a.meta_batch or ev.get("meta_batch", 16), a.device, progress=not a.quiet)
     res["checkpoint"] = str(a.checkpoint)
     if a.json:
         print(json.dumps(res))
@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", type=int)
     e.add_argument("--episodes", type=int)
     e.add_argument("--seed", type=int)
+    e.add_argument("--meta-batch", type=int,
+                   help="episodes per forward pass (default: the config's eval.meta_batch); lower it when a "
+                        "large setting (e.g. a Relation Net at 20 ways) does not fit in memory")
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int)
     e.add_argument("--json", action="store_true", help="print one JSON object (acc and ci95 in percent)")
