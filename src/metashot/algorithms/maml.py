@@ -324,11 +324,11 @@ class MAML(MetaLearner):
 
         results = self._in_workers(chunk, tasks, grad=True)
         out = torch.cat([r[0] for r in results])
-        value = sum(r[1] for r in results[1:]) + results[0][1]
+        value = sum(r[1] for r in results)
         grads = []
         for i in range(len(params)):
             parts = [r[2][i] for r in results if r[2][i] is not None]
-            grads.append(None if not parts else sum(parts[1:], parts[0]) / count)
+            grads.append(sum(parts) / count if parts else None)
         loss = _GivenGradients.apply(value / count, grads, *params)
         return loss, self._metrics(loss, out, batch.query_y)
 
