@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from metashot.rl.core import (
+    ChainCurvature,
     GaussianMLPPolicy,
     MetaBatch,
     TRPOConfig,
@@ -194,7 +195,7 @@ def test_policy_gradient_step_matches_finite_differences():
 # --- vectorised vs loop, Gauss-Newton vs double backward (float64) ----------------------------------------
 
 
-def _tiny_meta_batch(inner_steps=1, seed=0):
+def _tiny_meta_batch(inner_steps=1, seed=0, lr=0.3):
     torch.manual_seed(seed)
     pol = GaussianMLPPolicy(2, 2, hidden=(8, 8), init_std=0.5).double()
     params = policy_params(pol)
@@ -204,7 +205,7 @@ def _tiny_meta_batch(inner_steps=1, seed=0):
     inner, cur, per_task = [], params, False
     for _ in range(inner_steps):
         inner.append(process(rollout(env, pol, cur, tasks, 4, gen, per_task=per_task)))
-        cur = {k: v.detach() for k, v in adapt(pol, params, inner, 0.3, first_order=True).items()}
+        cur = {k: v.detach() for k, v in adapt(pol, params, inner, lr, first_order=True).items()}
         per_task = True
     post = process(rollout(env, pol, cur, tasks, 4, gen, per_task=per_task))
     with torch.no_grad():
@@ -239,6 +240,74 @@ def test_gauss_newton_fvp_equals_kl_hessian_float64():
         v = torch.randn(kg.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         hv = flat(torch.autograd.grad(kg @ v, leaves, retain_graph=True))
         assert ((fvp(v) - hv).norm() / hv.norm()).item() <= 1e-9
+
+
+@pytest.mark.parametrize("inner_steps,first_order,workers", [(1, False, 1), (2, False, 2), (1, True, 2),
+                                                              (0, False, 2), (1, False, 3)])
+def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, workers):
+    """J^T F J products and the chain-rule meta-gradient against double backward through meta_objective."""
+    lr = [0.3, 0.2]  # the sampling used these step sizes too: the products hold at the sampling point
+    pol, params, mb = _tiny_meta_batch(inner_steps, seed=7, lr=lr)
+    leaves = list(params.values())
+    loss, kl = meta_objective(pol, params, mb, lr, first_order=first_order, vectorized=False)
+    g = flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+    kg = flat(torch.autograd.grad(kl, leaves, create_graph=True))
+    with ChainCurvature(pol, params, mb, lr, first_order=first_order, damping=0.0, workers=workers) as curv:
+        assert abs(curv.loss.item() - loss.item()) <= 1e-12
+        assert ((curv.gradient() - g).norm() / g.norm()).item() <= 1e-9
+        for seed in range(2):
+            v = torch.randn(kg.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            hv = flat(torch.autograd.grad(kg @ v, leaves, retain_graph=True))
+            assert hv.norm() > 0
+            assert ((curv(v) - hv).norm() / hv.norm()).item() <= 1e-9
+    assert curv.pool is None  # closed by the with block
+    # the module and the meta-parameters are untouched
+    for k, v in pol.named_parameters():
+        assert torch.equal(v.detach(), params[k].detach())
+
+
+def test_chain_curvature_workers_do_not_change_the_result_and_damping():
+    pol, params, mb = _tiny_meta_batch(1, seed=8)
+    v = torch.linspace(-1, 1, sum(p.numel() for p in params.values()), dtype=torch.float64)
+    with ChainCurvature(pol, params, mb, 0.3, damping=0.5) as one, \
+            ChainCurvature(pol, params, mb, 0.3, damping=0.5, workers=2) as two:
+        assert one.pool is None and two.pool is not None and len(two.pieces) == 2
+        a, b = one(v), two(v)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    with ChainCurvature(pol, params, mb, 0.3, damping=0.0) as zero:
+        assert torch.allclose(a - zero(v), 0.5 * v, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="workers"):
+        ChainCurvature(pol, params, mb, 0.3, workers=0)
+
+
+def test_conjugate_gradient_accumulated_product():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T + torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    for iters in (2, 6):
+        x, ax = conjugate_gradient(lambda v: a @ v, b, iters=iters, return_product=True)
+        assert torch.allclose(ax, a @ x, rtol=1e-10, atol=1e-12)
+        assert torch.equal(x, conjugate_gradient(lambda v: a @ v, b, iters=iters))
+
+
+def test_trpo_step_with_chain_curvature_matches_reference():
+    pol, params, mb = _tiny_meta_batch(1, seed=1)
+
+    def objective(p, create_graph):
+        return meta_objective(pol, p, mb, 0.3, first_order=not create_graph)
+
+    cfg = TRPOConfig(max_kl=0.01, cg_damping=0.1)
+    new, stats = trpo_step(objective, params, cfg)
+    with ChainCurvature(pol, params, mb, 0.3, damping=cfg.cg_damping, workers=2) as curv:
+        new2, stats2 = trpo_step(objective, params, cfg, curv, loss_grad=(curv.loss, curv.gradient()),
+                                 reuse_cg_product=True)
+    step1 = flat([new[k] - params[k] for k in params]).detach()
+    step2 = flat([new2[k] - params[k] for k in params]).detach()
+    assert stats["accepted"] == stats2["accepted"] == 1.0
+    assert ((step1 - step2).norm() / step1.norm()).item() < 1e-6
+    with pytest.raises(ValueError, match="loss_grad needs fvp"):
+        trpo_step(objective, params, cfg, loss_grad=(curv.loss, curv.gradient()))
 
 
 def test_second_order_meta_gradient_matches_finite_differences():

@@ -67,7 +67,10 @@ def test_resume_is_bit_exact(tmp_path, trained_nav):
 
 def test_first_order_and_pretrained_variants_run(tmp_path):
     for name, algo in (("fo", {"first_order": True}), ("pre", {"inner_steps": 0}),
-                       ("two", {"inner_steps": 2}), ("gn", {"fvp": "gauss-newton"})):
+                       ("two", {"inner_steps": 2}), ("gn", {"fvp": "gauss-newton"}),
+                       ("chain", {"fvp": "chain", "fvp_workers": 2}),
+                       ("chain-fo", {"fvp": "chain", "first_order": True}),
+                       ("chain-pre", {"fvp": "chain", "inner_steps": 0})):
         cfg = small_nav(tmp_path, name, **algo)
         cfg.train.iterations = 2
         s = train_rl(cfg, progress=False)
@@ -96,6 +99,10 @@ def test_config_errors():
         RLConfig.from_dict({"algo": {"meta_batch": 0}})
     with pytest.raises(ValueError, match="fvp"):
         RLConfig.from_dict({"algo": {"fvp": "exact"}})
+    with pytest.raises(ValueError, match="fvp_workers > 1 needs"):
+        RLConfig.from_dict({"algo": {"fvp_workers": 2}})
+    with pytest.raises(ValueError, match="fvp_workers"):
+        RLConfig.from_dict({"algo": {"fvp": "chain", "fvp_workers": 0}})
     assert RLConfig.from_dict({"eval": {"inner_lr": 0.3}}).eval.inner_lr == [0.3]
 
 

@@ -23,9 +23,11 @@ the steps after an episode ended.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -360,6 +362,154 @@ def gauss_newton_fvp(policy: nn.Module, params: Params, mb: MetaBatch, lr: float
     return fvp
 
 
+class _ChainPiece:
+    """The graphs of :class:`ChainCurvature` for one chunk of tasks (a per-task loop; ``policy`` is this
+    chunk's own copy of the policy module, so that chunks can run in threads)."""
+
+    def __init__(self, policy: nn.Module, params: Params, mb: MetaBatch, lo: int, hi: int, total: int,
+                 lr: float | Sequence[float], first_order: bool) -> None:
+        names = self.names = list(params)
+        self.count = hi - lo
+        cur = [{k: v.detach() for k, v in params.items()} for _ in range(lo, hi)]
+        # per inner step: the per-task leaves (the parameters before the step), the per-task gradients kept
+        # in the graph, and the step size
+        self.steps: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+        with torch.enable_grad():
+            for k, b in enumerate(mb.inner):
+                a = _lr_at(lr, k)
+                leaves_k, grads_k, nxt = [], [], []
+                for j, i in enumerate(range(lo, hi)):
+                    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in cur[j].items()}
+                    loss = vpg_loss(policy, leaves, b.obs[i], b.actions[i], b.advantages[i], b.mask[i])
+                    g = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=not first_order)
+                    leaves_k += [leaves[n] for n in names]
+                    grads_k += list(g)
+                    nxt.append({n: leaves[n].detach() - a * gn.detach()
+                                for n, gn in zip(names, g, strict=True)})
+                cur = nxt
+                if not first_order:
+                    self.steps.append((leaves_k, grads_k, a))
+            post = mb.post
+            self.post_leaves: list[torch.Tensor] = []
+            means, log_stds = [], []
+            for j, i in enumerate(range(lo, hi)):
+                leaves = {n: v.detach().clone().requires_grad_(True) for n, v in cur[j].items()}
+                m, ls = policy_dist(policy, leaves, post.obs[i], per_task=False)
+                self.post_leaves += [leaves[n] for n in names]
+                means.append(m)
+                log_stds.append(ls)
+            self.outputs = means + log_stds
+            # J_f^T c as a function of c (kept in the graph), so that J_f u is one more backward pass
+            self.cs = [torch.zeros_like(o, requires_grad=True) for o in self.outputs]
+            self.jt = torch.autograd.grad(self.outputs, self.post_leaves, grad_outputs=self.cs,
+                                          create_graph=True)
+            # the surrogate loss of these tasks at the adapted parameters (the meta-objective's terms)
+            mean, log_std = torch.stack(means), torch.stack(log_stds)
+            sl = slice(lo, hi)
+            logp = gaussian_log_prob(mean, log_std, post.actions[sl])
+            old_logp = gaussian_log_prob(mb.old_mean[sl], mb.old_log_std[sl], post.actions[sl])
+            n = post.mask[sl].sum(dim=(1, 2)).clamp_min(1)
+            ratio = torch.exp(logp - old_logp)
+            self.loss = (-(ratio * post.advantages[sl] * post.mask[sl]).sum(dim=(1, 2)) / n).sum() / total
+        mask = post.mask[lo:hi]
+        w = (mask / mask.sum(dim=(1, 2), keepdim=True).clamp_min(1) / total)[..., None]
+        self.metric = [w[j] * torch.exp(-2 * mb.old_log_std[i]) for j, i in enumerate(range(lo, hi))] + \
+            [2 * w[j] for j in range(hi - lo)]
+
+    def _jacobian_t(self, w: list[torch.Tensor]) -> torch.Tensor:
+        """sum over this chunk's tasks of J_i^T w_i (w: per-task, per-parameter list) as one flat vector."""
+        for leaves, g, a in reversed(self.steps):
+            hw = torch.autograd.grad(g, leaves, grad_outputs=w, retain_graph=True)
+            w = [wi - a * h for wi, h in zip(w, hw, strict=True)]
+        p = len(self.names)
+        return flat([sum(w[j * p + q] for j in range(self.count)) for q in range(p)])
+
+    def gradient(self) -> torch.Tensor:
+        g = torch.autograd.grad(self.loss, self.post_leaves, retain_graph=True)
+        return self._jacobian_t(list(g))
+
+    def product(self, vs: list[torch.Tensor]) -> torch.Tensor:
+        u = vs * self.count
+        for leaves, g, a in self.steps:  # u = J v, step by step
+            hv = torch.autograd.grad(g, leaves, grad_outputs=u, retain_graph=True)
+            u = [ui - a * h for ui, h in zip(u, hv, strict=True)]
+        ju = torch.autograd.grad(self.jt, self.cs, grad_outputs=u, retain_graph=True)
+        w = torch.autograd.grad(self.outputs, self.post_leaves,
+                                grad_outputs=[d * m for d, m in zip(ju, self.metric, strict=True)],
+                                retain_graph=True)
+        return self._jacobian_t(list(w))
+
+
+class ChainCurvature:
+    """The meta-gradient and Fisher-vector products ``v -> (H_KL + damping I) v`` at theta = ``params`` by the
+    chain rule through the inner loop, from graphs built once per TRPO step.
+
+    At the sampling parameters the KL's gradient with respect to each task's adapted parameters vanishes, so
+    its Hessian with respect to theta is exactly ``(1/T) sum_i J_i^T F_i J_i``: ``F_i`` the Fisher matrix of
+    task i's adapted policy on its post-update samples (Gauss-Newton form ``J_f^T M J_f`` of a diagonal
+    Gaussian: 1/sigma^2 for the mean, 2 for the log-std) and ``J_i`` the Jacobian of the adapted parameters,
+    ``J_i = (I - a_K H_K,i) ... (I - a_1 H_1,i)``, ``H_k,i`` the Hessian of task i's k-th inner-loop loss at
+    its parameters before step k (``J_i = I`` for first-order MAML or no inner loop). One product is, per
+    task, a Hessian-vector product per inner step (``J v``), a forward- and a reverse-mode product on the
+    post-update samples (``F u``) and the Hessian-vector products again in reverse (``J^T w``): backward
+    passes over graphs made once, with no forward pass or double backward through the whole inner loop per
+    product. The meta-gradient is ``sum_i J_i^T g_i`` with ``g_i`` the surrogate's gradient at task i's
+    adapted parameters. Float64 tests check both against autograd through :func:`meta_objective`.
+
+    ``workers > 1`` splits the tasks into that many chunks that build and multiply concurrently in threads,
+    each through its own copy of ``policy`` (set ``torch.set_num_threads(1)`` so that the threads do not
+    compete for cores); the chunks' sums are added in a fixed order, so the result does not depend on timing.
+    Call :meth:`close` (or use ``with``) to stop the threads.
+    """
+
+    def __init__(self, policy: nn.Module, params: Params, mb: MetaBatch, lr: float | Sequence[float],
+                 first_order: bool = False, damping: float = 0.0, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"ChainCurvature: workers must be >= 1, got {workers}")
+        t = mb.post.obs.shape[0]
+        self.names = list(params)
+        self.like = {k: v.detach() for k, v in params.items()}
+        self.damping = damping
+        bounds = torch.linspace(0, t, min(workers, t) + 1).round().long().tolist()
+        chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
+        self.pool = ThreadPoolExecutor(len(chunks)) if len(chunks) > 1 else None
+        policies = [policy] + [copy.deepcopy(policy) for _ in chunks[1:]]
+        self.pieces = self._map(lambda k: _ChainPiece(policies[k], self.like, mb, *chunks[k], t, lr,
+                                                      first_order), range(len(chunks)))
+        self.loss = sum(p.loss.detach() for p in self.pieces)
+
+    def _map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
+        if self.pool is None:
+            return [fn(x) for x in items]
+        grad_mode = torch.is_grad_enabled()
+
+        def run(x: Any) -> Any:
+            with torch.set_grad_enabled(grad_mode):
+                return fn(x)
+
+        return list(self.pool.map(run, items))
+
+    def gradient(self) -> torch.Tensor:
+        """The meta-gradient of the surrogate loss with respect to theta, flat."""
+        return sum(self._map(lambda p: p.gradient(), self.pieces))
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        vs = unflat(v, self.like)
+        vl = [vs[n] for n in self.names]
+        return sum(self._map(lambda p: p.product(vl), self.pieces)) + self.damping * v
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def __enter__(self) -> ChainCurvature:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
@@ -373,9 +523,15 @@ def unflat(vec: torch.Tensor, like: Params) -> Params:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
-                       tol: float = 1e-10) -> torch.Tensor:
-    """Approximately solve ``A x = b`` for symmetric positive-definite A given as ``matvec``."""
+                       tol: float = 1e-10, return_product: bool = False
+                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Approximately solve ``A x = b`` for symmetric positive-definite A given as ``matvec``.
+
+    ``return_product=True`` returns ``(x, A x)``, with ``A x`` summed from the products the iterations made
+    (A is linear), so that no further product is needed for it.
+    """
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
@@ -385,11 +541,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         ap = matvec(p)
         alpha = rr / (p @ ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         rr_new = r @ r
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return (x, ax) if return_product else x
 
 
 @dataclass
@@ -402,21 +559,30 @@ class TRPOConfig:
 
 
 def trpo_step(objective: Callable[[Params, bool], tuple[torch.Tensor, torch.Tensor]], params: Params,
-              cfg: TRPOConfig,
-              fvp: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[Params, dict[str, float]]:
+              cfg: TRPOConfig, fvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              loss_grad: tuple[torch.Tensor, torch.Tensor] | None = None,
+              reuse_cg_product: bool = False) -> tuple[Params, dict[str, float]]:
     """One TRPO update of ``params``: natural gradient by conjugate gradient on exact Hessian-vector products
     of the KL, scaled so that the quadratic KL estimate equals ``max_kl``, then a backtracking line search
     that accepts the first step that lowers the loss and keeps the KL within ``max_kl``.
 
     ``objective(params, create_graph)`` returns (loss, kl); ``create_graph=False`` is used in the line search.
     ``fvp``: a Fisher-vector product to use instead of the double backward of the KL (e.g.
-    :func:`gauss_newton_fvp`, which must include the damping).
+    :func:`gauss_newton_fvp` or a :class:`ChainCurvature`, which must include the damping).
+    ``loss_grad``: the loss at ``params`` and its flat gradient, when the caller has them (e.g.
+    :meth:`ChainCurvature.gradient`); then ``objective`` is called in the line search only.
+    ``reuse_cg_product``: take ``x^T A x`` for the step size from the products the conjugate-gradient
+    iterations made instead of one more product (the same value up to rounding).
     Returns the new parameters (fresh leaves) and statistics.
     """
     names = list(params)
     leaves = [params[k] for k in names]
-    loss, kl = objective(params, True)
-    if fvp is None:
+    if loss_grad is not None:
+        if fvp is None:
+            raise ValueError("trpo_step: loss_grad needs fvp too")
+        loss, g = loss_grad
+    elif fvp is None:
+        loss, kl = objective(params, True)
         g = flat(torch.autograd.grad(loss, leaves, retain_graph=True))
         kl_g = flat(torch.autograd.grad(kl, leaves, create_graph=True))
 
@@ -424,10 +590,15 @@ def trpo_step(objective: Callable[[Params, bool], tuple[torch.Tensor, torch.Tens
             hv = torch.autograd.grad(kl_g @ v, leaves, retain_graph=True)
             return flat(hv) + cfg.cg_damping * v
     else:
+        loss, _ = objective(params, True)
         g = flat(torch.autograd.grad(loss, leaves))
 
-    x = conjugate_gradient(fvp, g, cfg.cg_iters)
-    xhx = (x @ fvp(x)).clamp_min(1e-12)
+    if reuse_cg_product:
+        x, ax = conjugate_gradient(fvp, g, cfg.cg_iters, return_product=True)
+        xhx = (x @ ax).clamp_min(1e-12)
+    else:
+        x = conjugate_gradient(fvp, g, cfg.cg_iters)
+        xhx = (x @ fvp(x)).clamp_min(1e-12)
     step = -torch.sqrt(2 * cfg.max_kl / xhx) * x
     expected = float(g @ step)
     theta = flat(leaves).detach()

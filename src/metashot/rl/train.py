@@ -29,6 +29,7 @@ import torch
 from metashot.checkpoint import CheckpointError, read_meta, read_weights, resolve, save_checkpoint
 from metashot.config import _build, read_yaml
 from metashot.rl.core import (
+    ChainCurvature,
     GaussianMLPPolicy,
     MetaBatch,
     Params,
@@ -77,8 +78,11 @@ class RLAlgoConfig:
     vectorized: bool = True  # vmap over tasks (False: the per-task reference loop)
     # Fisher-vector products: "double-backward" (Hessian of the KL by autograd, the reference) or
     # "gauss-newton" (J^T M J with J linearised once; the same product at the sampling point; needs
-    # vectorized)
+    # vectorized) or "chain" (sum_i J_i^T F_i J_i through the inner loop, graphs built once per step: the
+    # same product and the meta-gradient from graphs built once per step, the fastest on a CPU; see
+    # metashot.rl.core.ChainCurvature)
     fvp: str = "double-backward"
+    fvp_workers: int = 1  # "chain" only: threads over chunks of tasks (2-core CPU: 2, with train.threads 1)
 
 
 @dataclass
@@ -124,13 +128,17 @@ class RLConfig:
             e.inner_lr = [float(e.inner_lr)]
         for name, v, lo in (("algo.inner_steps", a.inner_steps, 0), ("algo.meta_batch", a.meta_batch, 1),
                             ("algo.trajectories", a.trajectories, 1), ("algo.cg_iters", a.cg_iters, 1),
+                            ("algo.fvp_workers", a.fvp_workers, 1),
                             ("train.iterations", t.iterations, 0), ("train.threads", t.threads, 1),
                             ("eval.tasks", e.tasks, 1), ("eval.trajectories", e.trajectories, 1),
                             ("eval.steps", e.steps, 0)):
             if v < lo:
                 raise ValueError(f"{where}: {name} must be >= {lo}, got {v}")
-        if a.fvp not in ("double-backward", "gauss-newton"):
-            raise ValueError(f"{where}: algo.fvp must be 'double-backward' or 'gauss-newton', got {a.fvp!r}")
+        if a.fvp not in ("double-backward", "gauss-newton", "chain"):
+            raise ValueError(f"{where}: algo.fvp must be 'double-backward', 'gauss-newton' or 'chain', "
+                             f"got {a.fvp!r}")
+        if a.fvp_workers > 1 and a.fvp != "chain":
+            raise ValueError(f"{where}: algo.fvp_workers > 1 needs algo.fvp 'chain', got {a.fvp!r}")
         if a.fvp == "gauss-newton" and not a.vectorized:
             raise ValueError(f"{where}: algo.fvp 'gauss-newton' needs algo.vectorized true")
         if a.max_kl <= 0 or not 0 < a.backtrack_ratio < 1 or not 0 < a.discount <= 1:
@@ -241,7 +249,13 @@ def meta_step(env: Any, policy: GaussianMLPPolicy, params: Params, cfg: RLConfig
     fvp = None
     if a.fvp == "gauss-newton":
         fvp = gauss_newton_fvp(policy, params, mb, a.inner_lr, a.first_order, a.cg_damping)
-    new, tstats = trpo_step(objective, params, trpo, fvp)
+    if a.fvp == "chain":
+        with ChainCurvature(policy, params, mb, a.inner_lr, a.first_order, a.cg_damping,
+                            a.fvp_workers) as curv:
+            new, tstats = trpo_step(objective, params, trpo, curv, loss_grad=(curv.loss, curv.gradient()),
+                                    reuse_cg_product=True)
+    else:
+        new, tstats = trpo_step(objective, params, trpo, fvp)
     t2 = time.perf_counter()
     stats.update(tstats, sample_s=t1 - t0, trpo_s=t2 - t1)
     return new, stats
