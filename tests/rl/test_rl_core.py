@@ -260,6 +260,11 @@ def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, worke
             hv = flat(torch.autograd.grad(kg @ v, leaves, retain_graph=True))
             assert hv.norm() > 0
             assert ((curv(v) - hv).norm() / hv.norm()).item() <= 1e-9
+        # the line search's values at other parameters
+        p2 = {k: (v + 0.05 * torch.ones_like(v)).detach().requires_grad_(True) for k, v in params.items()}
+        l2, k2 = meta_objective(pol, p2, mb, lr, first_order=True, vectorized=False)
+        l3, k3 = curv.evaluate(p2)
+        assert abs(l2.item() - l3.item()) <= 1e-12 and abs(k2.item() - k3.item()) <= 1e-12 and k3.item() > 0
     assert curv.pool is None  # closed by the with block
     # the module and the meta-parameters are untouched
     for k, v in pol.named_parameters():
@@ -300,7 +305,7 @@ def test_trpo_step_with_chain_curvature_matches_reference():
     cfg = TRPOConfig(max_kl=0.01, cg_damping=0.1)
     new, stats = trpo_step(objective, params, cfg)
     with ChainCurvature(pol, params, mb, 0.3, damping=cfg.cg_damping, workers=2) as curv:
-        new2, stats2 = trpo_step(objective, params, cfg, curv, loss_grad=(curv.loss, curv.gradient()),
+        new2, stats2 = trpo_step(curv.evaluate, params, cfg, curv, loss_grad=(curv.loss, curv.gradient()),
                                  reuse_cg_product=True)
     step1 = flat([new[k] - params[k] for k in params]).detach()
     step2 = flat([new2[k] - params[k] for k in params]).detach()

@@ -370,6 +370,7 @@ class _ChainPiece:
                  lr: float | Sequence[float], first_order: bool) -> None:
         names = self.names = list(params)
         self.count = hi - lo
+        self.policy, self.mb, self.lo, self.hi, self.total, self.lr = policy, mb, lo, hi, total, lr
         cur = [{k: v.detach() for k, v in params.items()} for _ in range(lo, hi)]
         # per inner step: the per-task leaves (the parameters before the step), the per-task gradients kept
         # in the graph, and the step size
@@ -415,6 +416,16 @@ class _ChainPiece:
         w = (mask / mask.sum(dim=(1, 2), keepdim=True).clamp_min(1) / total)[..., None]
         self.metric = [w[j] * torch.exp(-2 * mb.old_log_std[i]) for j, i in enumerate(range(lo, hi))] + \
             [2 * w[j] for j in range(hi - lo)]
+
+    def evaluate(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        """This chunk's terms of :func:`meta_objective` (first order: values only) at other parameters."""
+        mb, sl = self.mb, slice(self.lo, self.hi)
+        sub = MetaBatch([TaskBatch(*(x[sl] for x in b)) for b in mb.inner],
+                        TaskBatch(*(x[sl] for x in mb.post)), mb.old_mean[sl], mb.old_log_std[sl])
+        p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss, kl = meta_objective(self.policy, p, sub, self.lr, first_order=True, vectorized=False)
+        scale = self.count / self.total
+        return loss.detach() * scale, kl.detach() * scale
 
     def _jacobian_t(self, w: list[torch.Tensor]) -> torch.Tensor:
         """sum over this chunk's tasks of J_i^T w_i (w: per-task, per-parameter list) as one flat vector."""
@@ -488,6 +499,14 @@ class ChainCurvature:
                 return fn(x)
 
         return list(self.pool.map(run, items))
+
+    def evaluate(self, params: Params, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, KL) of :func:`meta_objective` at ``params`` (first order, values only; e.g. for TRPO's line
+        search), the chunks concurrently."""
+        if create_graph:
+            raise ValueError("ChainCurvature.evaluate gives values only (create_graph=False)")
+        parts = self._map(lambda p: p.evaluate(params), self.pieces)
+        return sum(x[0] for x in parts), sum(x[1] for x in parts)
 
     def gradient(self) -> torch.Tensor:
         """The meta-gradient of the surrogate loss with respect to theta, flat."""

@@ -252,8 +252,8 @@ def meta_step(env: Any, policy: GaussianMLPPolicy, params: Params, cfg: RLConfig
     if a.fvp == "chain":
         with ChainCurvature(policy, params, mb, a.inner_lr, a.first_order, a.cg_damping,
                             a.fvp_workers) as curv:
-            new, tstats = trpo_step(objective, params, trpo, curv, loss_grad=(curv.loss, curv.gradient()),
-                                    reuse_cg_product=True)
+            new, tstats = trpo_step(curv.evaluate, params, trpo, curv,
+                                    loss_grad=(curv.loss, curv.gradient()), reuse_cg_product=True)
     else:
         new, tstats = trpo_step(objective, params, trpo, fvp)
     t2 = time.perf_counter()
