@@ -242,17 +242,21 @@ def test_gauss_newton_fvp_equals_kl_hessian_float64():
         assert ((fvp(v) - hv).norm() / hv.norm()).item() <= 1e-9
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("inner_steps,first_order,workers", [(1, False, 1), (2, False, 2), (1, True, 2),
                                                               (0, False, 2), (1, False, 3)])
-def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, workers):
-    """J^T F J products and the chain-rule meta-gradient against double backward through meta_objective."""
+def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, workers, fast):
+    """J^T F J products and the chain-rule meta-gradient against double backward through meta_objective,
+    with the written-out MLP passes (fast) and with autograd over the kept graphs."""
     lr = [0.3, 0.2]  # the sampling used these step sizes too: the products hold at the sampling point
     pol, params, mb = _tiny_meta_batch(inner_steps, seed=7, lr=lr)
     leaves = list(params.values())
     loss, kl = meta_objective(pol, params, mb, lr, first_order=first_order, vectorized=False)
     g = flat(torch.autograd.grad(loss, leaves, retain_graph=True))
     kg = flat(torch.autograd.grad(kl, leaves, create_graph=True))
-    with ChainCurvature(pol, params, mb, lr, first_order=first_order, damping=0.0, workers=workers) as curv:
+    with ChainCurvature(pol, params, mb, lr, first_order=first_order, damping=0.0, workers=workers,
+                        fast=fast) as curv:
+        assert all(p.fast == fast for p in curv.pieces)
         assert abs(curv.loss.item() - loss.item()) <= 1e-12
         assert ((curv.gradient() - g).norm() / g.norm()).item() <= 1e-9
         for seed in range(2):
@@ -269,6 +273,25 @@ def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, worke
     # the module and the meta-parameters are untouched
     for k, v in pol.named_parameters():
         assert torch.equal(v.detach(), params[k].detach())
+
+
+def test_chain_curvature_other_policies_take_the_autograd_path():
+    """A policy other than a ReLU GaussianMLPPolicy (here tanh hidden layers) gets autograd's products."""
+    pol, params, mb = _tiny_meta_batch(1, seed=9)
+    pol.mean[1] = torch.nn.Tanh()
+    pol.mean[3] = torch.nn.Tanh()
+    leaves = list(params.values())
+    v = torch.linspace(-1, 1, sum(x.numel() for x in leaves), dtype=torch.float64)
+    # the products hold at the sampling point: the old action distribution is the tanh policy's own
+    mb2 = MetaBatch(mb.inner, mb.post, *[x.detach() for x in policy_dist(
+        pol, {k: v.detach() for k, v in adapt(pol, params, mb.inner, 0.3, first_order=True).items()},
+        mb.post.obs, per_task=True)])
+    _, kl = meta_objective(pol, params, mb2, 0.3, vectorized=False)
+    kg = flat(torch.autograd.grad(kl, leaves, create_graph=True))
+    hv = flat(torch.autograd.grad(kg @ v, leaves, retain_graph=True))
+    with ChainCurvature(pol, params, mb2, 0.3) as curv:
+        assert not curv.pieces[0].fast
+        assert ((curv(v) - hv).norm() / hv.norm()).item() <= 1e-9
 
 
 def test_chain_curvature_workers_do_not_change_the_result_and_damping():

@@ -362,19 +362,177 @@ def gauss_newton_fvp(policy: nn.Module, params: Params, mb: MetaBatch, lr: float
     return fvp
 
 
+def _mlp_layers(policy: nn.Module) -> list[tuple[str, str]] | None:
+    """(weight, bias) names of the Linear layers of a :class:`GaussianMLPPolicy` whose mean network is
+    Linear, ReLU, ..., Linear (with biases), or None for any other policy."""
+    if not isinstance(policy, GaussianMLPPolicy):
+        return None
+    mods = list(policy.mean)
+    if len(mods) % 2 == 0:
+        return None
+    layers = []
+    for i, m in enumerate(mods):
+        if i % 2 == 0 and isinstance(m, nn.Linear) and m.bias is not None:
+            layers.append((f"mean.{i}.weight", f"mean.{i}.bias"))
+        elif i % 2 == 1 and type(m) is nn.ReLU:
+            continue
+        else:
+            return None
+    return layers
+
+
+def _weight_grad(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``delta^T h`` [out, in], computed the way round that keeps the narrow operand out of the skinny
+    matrix-product layout that is slow on a CPU."""
+    if h.shape[1] < delta.shape[1]:
+        return (h.t() @ delta).t()
+    return delta.t() @ h
+
+
+class _MLPPass:
+    """Forward and backward passes of a ReLU MLP for one task (samples [S, in]), written out with matrix
+    products, and their directional (R-operator) forms: the exact products that autograd's double backward
+    gives, without its bookkeeping. One task at a time, so that the [S, hidden] activations stay in cache.
+
+    ``hs[l]`` is the input of layer l (``hs[0]`` = x), ``masks[l]`` the ReLU derivative after layer l.
+    """
+
+    def __init__(self, layers: list[tuple[str, str]], params: Params, x: torch.Tensor) -> None:
+        self.layers, self.p = layers, params
+        self.hs, self.masks = [x], []
+        h = x
+        for i, (wn, bn) in enumerate(layers):
+            z = torch.addmm(params[bn], h, params[wn].t())
+            if i < len(layers) - 1:
+                m = (z > 0).to(z.dtype)
+                h = z * m
+                self.masks.append(m)
+                self.hs.append(h)
+        self.out = z
+
+    def r_forward(self, v: Params) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The output's derivative in direction ``v`` and the hidden layers' (``rhs[l]`` for ``hs[l]``)."""
+        rhs: list[torch.Tensor | None] = [None]
+        for i, (wn, bn) in enumerate(self.layers):
+            rz = torch.addmm(v[bn], self.hs[i], v[wn].t())
+            rh = rhs[i]
+            if rh is not None:
+                rz = torch.addmm(rz, rh, self.p[wn].t())
+            if i < len(self.layers) - 1:
+                rhs.append(self.masks[i] * rz)
+        return rz, rhs
+
+    def backward(self, delta: torch.Tensor, keep: bool = False) -> tuple[Params, list[torch.Tensor]]:
+        """Parameter gradients for the output gradient ``delta`` [S, out] (and, with ``keep``, the gradient
+        at every layer's pre-activation, ``deltas[l]`` for layer l)."""
+        grads: Params = {}
+        deltas: list[torch.Tensor] = [delta] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            wn, bn = self.layers[i]
+            deltas[i] = delta
+            grads[wn] = _weight_grad(delta, self.hs[i])
+            grads[bn] = delta.sum(0)
+            if i > 0:
+                delta = self.masks[i - 1] * (delta @ self.p[wn])
+        return grads, (deltas if keep else [])
+
+    def r_backward(self, v: Params, deltas: list[torch.Tensor], rhs: list[torch.Tensor | None],
+                   rdelta: torch.Tensor) -> Params:
+        """Directional derivative (direction ``v``) of :meth:`backward`'s gradients, given the cached
+        ``deltas``, the forward tangents ``rhs`` and the output gradient's derivative ``rdelta``."""
+        out: Params = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            wn, bn = self.layers[i]
+            g = _weight_grad(rdelta, self.hs[i])
+            rh = rhs[i]
+            if rh is not None:
+                g = g + _weight_grad(deltas[i], rh)
+            out[wn] = g
+            out[bn] = rdelta.sum(0)
+            if i > 0:
+                rdh = torch.addmm(rdelta @ self.p[wn], deltas[i], v[wn])
+                rdelta = self.masks[i - 1] * rdh
+        return out
+
+
+class _MLPInnerHessian:
+    """Hessian-vector products of one task's inner-loop VPG loss (:func:`vpg_loss`) at its parameters, for a
+    ReLU :class:`GaussianMLPPolicy` (see :class:`_MLPPass`).
+
+    With ``c = A * mask / n`` per sample, ``r = a - mu`` and ``e = exp(-2 log_std)``, the loss is
+    ``sum c * sum_d (r^2 e / 2 + log_std) + const``: ``dL/dmu = -c r e``, ``d2L/dmu2 = c e``,
+    ``d2L/dmu dlog_std = 2 c r e``, ``dL/dlog_std = sum c (1 - r^2 e)``, ``d2L/dlog_std2 = sum 2 c r^2 e``.
+    """
+
+    def __init__(self, layers: list[tuple[str, str]], params: Params, obs: torch.Tensor,
+                 actions: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> None:
+        x = obs.reshape(-1, obs.shape[-1])
+        act = actions.reshape(-1, actions.shape[-1])
+        m = mask.reshape(-1)
+        c = (advantages.reshape(-1) * m / m.sum().clamp_min(1))[:, None]
+        self.net = _MLPPass(layers, params, x)
+        r = act - self.net.out
+        e = torch.exp(-2 * params["log_std"])
+        cre = c * r * e
+        self.ce = c * e  # [S, d]
+        self.two_cre = 2 * cre
+        self.s2 = (2 * cre * r).sum(0)  # [d]
+        _, self.deltas = self.net.backward(-cre, keep=True)
+
+    def __call__(self, v: Params) -> Params:
+        rmu, rhs = self.net.r_forward(v)
+        vs = v["log_std"]
+        rg = self.ce * rmu + self.two_cre * vs
+        out = self.net.r_backward(v, self.deltas, rhs, rg)
+        out["log_std"] = (self.two_cre * rmu).sum(0) + self.s2 * vs
+        return out
+
+
+class _MLPFisher:
+    """Fisher products ``J_f^T M J_f u`` at one task's adapted parameters on its post-update samples (mean:
+    weight ``w / sigma_old^2`` per sample, log-std: ``2 w``), for a ReLU :class:`GaussianMLPPolicy`."""
+
+    def __init__(self, layers: list[tuple[str, str]], params: Params, obs: torch.Tensor,
+                 m_mean: torch.Tensor, w_sum: torch.Tensor) -> None:
+        self.net = _MLPPass(layers, params, obs.reshape(-1, obs.shape[-1]))
+        self.m_mean = m_mean.reshape(-1, m_mean.shape[-1])
+        self.w2 = 2 * w_sum
+
+    def __call__(self, u: Params) -> Params:
+        rmu, _ = self.net.r_forward(u)
+        out, _ = self.net.backward(self.m_mean * rmu)
+        out["log_std"] = self.w2 * u["log_std"]
+        return out
+
+
+def _per_task(ops: list[Callable[[Params], Params]]) -> Callable[[Params], Params]:
+    """Apply one operator per task to a per-task vector ``{name: [T, ...]}``."""
+    def apply(v: Params) -> Params:
+        outs = [op({n: x[j] for n, x in v.items()}) for j, op in enumerate(ops)]
+        return {n: torch.stack([o[n] for o in outs]) for n in v}
+    return apply
+
+
 class _ChainPiece:
     """The graphs of :class:`ChainCurvature` for one chunk of tasks (a per-task loop; ``policy`` is this
-    chunk's own copy of the policy module, so that chunks can run in threads)."""
+    chunk's own copy of the policy module, so that chunks can run in threads).
+
+    Per-task vectors are dicts ``{name: [T_chunk, *shape]}``. With ``fast`` (a ReLU
+    :class:`GaussianMLPPolicy`), the Hessian and Fisher products are the written-out passes of
+    :class:`_MLPInnerHessian` and :class:`_MLPFisher`; otherwise autograd over graphs kept from the set-up.
+    """
 
     def __init__(self, policy: nn.Module, params: Params, mb: MetaBatch, lo: int, hi: int, total: int,
-                 lr: float | Sequence[float], first_order: bool) -> None:
+                 lr: float | Sequence[float], first_order: bool, fast: bool = True) -> None:
         names = self.names = list(params)
         self.count = hi - lo
         self.policy, self.mb, self.lo, self.hi, self.total, self.lr = policy, mb, lo, hi, total, lr
+        layers = _mlp_layers(policy) if fast else None
+        self.fast = layers is not None
+        sl = slice(lo, hi)
         cur = [{k: v.detach() for k, v in params.items()} for _ in range(lo, hi)]
-        # per inner step: the per-task leaves (the parameters before the step), the per-task gradients kept
-        # in the graph, and the step size
-        self.steps: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+        # per inner step: v -> H v for the chunk's tasks, and the step size
+        self.steps: list[tuple[Callable[[Params], Params], float]] = []
         with torch.enable_grad():
             for k, b in enumerate(mb.inner):
                 a = _lr_at(lr, k)
@@ -382,14 +540,20 @@ class _ChainPiece:
                 for j, i in enumerate(range(lo, hi)):
                     leaves = {n: v.detach().clone().requires_grad_(True) for n, v in cur[j].items()}
                     loss = vpg_loss(policy, leaves, b.obs[i], b.actions[i], b.advantages[i], b.mask[i])
-                    g = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=not first_order)
+                    g = torch.autograd.grad(loss, [leaves[n] for n in names],
+                                            create_graph=not (first_order or self.fast))
                     leaves_k += [leaves[n] for n in names]
                     grads_k += list(g)
                     nxt.append({n: leaves[n].detach() - a * gn.detach()
                                 for n, gn in zip(names, g, strict=True)})
-                cur = nxt
                 if not first_order:
-                    self.steps.append((leaves_k, grads_k, a))
+                    if self.fast:
+                        ops = [_MLPInnerHessian(layers, cur[j], b.obs[i], b.actions[i], b.advantages[i],
+                                                b.mask[i]) for j, i in enumerate(range(lo, hi))]
+                        self.steps.append((_per_task(ops), a))
+                    else:
+                        self.steps.append((self._autograd_product(leaves_k, grads_k), a))
+                cur = nxt
             post = mb.post
             self.post_leaves: list[torch.Tensor] = []
             means, log_stds = [], []
@@ -399,23 +563,51 @@ class _ChainPiece:
                 self.post_leaves += [leaves[n] for n in names]
                 means.append(m)
                 log_stds.append(ls)
-            self.outputs = means + log_stds
-            # J_f^T c as a function of c (kept in the graph), so that J_f u is one more backward pass
-            self.cs = [torch.zeros_like(o, requires_grad=True) for o in self.outputs]
-            self.jt = torch.autograd.grad(self.outputs, self.post_leaves, grad_outputs=self.cs,
-                                          create_graph=True)
+            outputs = means + log_stds
+            mask = post.mask[sl]
+            w = (mask / mask.sum(dim=(1, 2), keepdim=True).clamp_min(1) / total)[..., None]
+            if self.fast:
+                self.fisher: Callable[[Params], Params] = _per_task([
+                    _MLPFisher(layers, cur[j], post.obs[i], w[j] * torch.exp(-2 * mb.old_log_std[i]),
+                               w[j].sum()) for j, i in enumerate(range(lo, hi))])
+            else:
+                # J_f^T c as a function of c (kept in the graph), so that J_f u is one more backward pass
+                cs = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+                jt = torch.autograd.grad(outputs, self.post_leaves, grad_outputs=cs, create_graph=True)
+                metric = [w[j] * torch.exp(-2 * mb.old_log_std[i]) for j, i in enumerate(range(lo, hi))] + \
+                    [2 * w[j] for j in range(hi - lo)]
+                self.fisher = self._autograd_fisher(outputs, cs, jt, metric)
             # the surrogate loss of these tasks at the adapted parameters (the meta-objective's terms)
             mean, log_std = torch.stack(means), torch.stack(log_stds)
-            sl = slice(lo, hi)
             logp = gaussian_log_prob(mean, log_std, post.actions[sl])
             old_logp = gaussian_log_prob(mb.old_mean[sl], mb.old_log_std[sl], post.actions[sl])
             n = post.mask[sl].sum(dim=(1, 2)).clamp_min(1)
             ratio = torch.exp(logp - old_logp)
             self.loss = (-(ratio * post.advantages[sl] * post.mask[sl]).sum(dim=(1, 2)) / n).sum() / total
-        mask = post.mask[lo:hi]
-        w = (mask / mask.sum(dim=(1, 2), keepdim=True).clamp_min(1) / total)[..., None]
-        self.metric = [w[j] * torch.exp(-2 * mb.old_log_std[i]) for j, i in enumerate(range(lo, hi))] + \
-            [2 * w[j] for j in range(hi - lo)]
+
+    def _to_list(self, d: Params) -> list[torch.Tensor]:
+        return [d[n][j] for j in range(self.count) for n in self.names]
+
+    def _from_list(self, xs: Sequence[torch.Tensor]) -> Params:
+        p = len(self.names)
+        return {n: torch.stack([xs[j * p + q] for j in range(self.count)]) for q, n in enumerate(self.names)}
+
+    def _autograd_product(self, leaves: list[torch.Tensor], grads: list[torch.Tensor]
+                          ) -> Callable[[Params], Params]:
+        def hvp(v: Params) -> Params:
+            return self._from_list(torch.autograd.grad(grads, leaves, grad_outputs=self._to_list(v),
+                                                       retain_graph=True))
+        return hvp
+
+    def _autograd_fisher(self, outputs: list[torch.Tensor], cs: list[torch.Tensor],
+                         jt: Sequence[torch.Tensor],
+                         metric: list[torch.Tensor]) -> Callable[[Params], Params]:
+        def fisher(u: Params) -> Params:
+            ju = torch.autograd.grad(jt, cs, grad_outputs=self._to_list(u), retain_graph=True)
+            return self._from_list(torch.autograd.grad(
+                outputs, self.post_leaves, grad_outputs=[d * m for d, m in zip(ju, metric, strict=True)],
+                retain_graph=True))
+        return fisher
 
     def evaluate(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         """This chunk's terms of :func:`meta_objective` (first order: values only) at other parameters."""
@@ -427,28 +619,23 @@ class _ChainPiece:
         scale = self.count / self.total
         return loss.detach() * scale, kl.detach() * scale
 
-    def _jacobian_t(self, w: list[torch.Tensor]) -> torch.Tensor:
-        """sum over this chunk's tasks of J_i^T w_i (w: per-task, per-parameter list) as one flat vector."""
-        for leaves, g, a in reversed(self.steps):
-            hw = torch.autograd.grad(g, leaves, grad_outputs=w, retain_graph=True)
-            w = [wi - a * h for wi, h in zip(w, hw, strict=True)]
-        p = len(self.names)
-        return flat([sum(w[j * p + q] for j in range(self.count)) for q in range(p)])
+    def _jacobian_t(self, w: Params) -> torch.Tensor:
+        """sum over this chunk's tasks of J_i^T w_i, as one flat vector."""
+        for hvp, a in reversed(self.steps):
+            hw = hvp(w)
+            w = {n: w[n] - a * hw[n] for n in self.names}
+        return flat([w[n].sum(0) for n in self.names])
 
     def gradient(self) -> torch.Tensor:
         g = torch.autograd.grad(self.loss, self.post_leaves, retain_graph=True)
-        return self._jacobian_t(list(g))
+        return self._jacobian_t(self._from_list(g))
 
-    def product(self, vs: list[torch.Tensor]) -> torch.Tensor:
-        u = vs * self.count
-        for leaves, g, a in self.steps:  # u = J v, step by step
-            hv = torch.autograd.grad(g, leaves, grad_outputs=u, retain_graph=True)
-            u = [ui - a * h for ui, h in zip(u, hv, strict=True)]
-        ju = torch.autograd.grad(self.jt, self.cs, grad_outputs=u, retain_graph=True)
-        w = torch.autograd.grad(self.outputs, self.post_leaves,
-                                grad_outputs=[d * m for d, m in zip(ju, self.metric, strict=True)],
-                                retain_graph=True)
-        return self._jacobian_t(list(w))
+    def product(self, v: Params) -> torch.Tensor:
+        u = {n: x.unsqueeze(0).expand(self.count, *x.shape) for n, x in v.items()}
+        for hvp, a in self.steps:  # u = J v, step by step
+            hu = hvp(u)
+            u = {n: u[n] - a * hu[n] for n in self.names}
+        return self._jacobian_t(self.fisher(u))
 
 
 class ChainCurvature:
@@ -474,7 +661,8 @@ class ChainCurvature:
     """
 
     def __init__(self, policy: nn.Module, params: Params, mb: MetaBatch, lr: float | Sequence[float],
-                 first_order: bool = False, damping: float = 0.0, workers: int = 1) -> None:
+                 first_order: bool = False, damping: float = 0.0, workers: int = 1,
+                 fast: bool = True) -> None:
         if workers < 1:
             raise ValueError(f"ChainCurvature: workers must be >= 1, got {workers}")
         t = mb.post.obs.shape[0]
@@ -486,7 +674,7 @@ class ChainCurvature:
         self.pool = ThreadPoolExecutor(len(chunks)) if len(chunks) > 1 else None
         policies = [policy] + [copy.deepcopy(policy) for _ in chunks[1:]]
         self.pieces = self._map(lambda k: _ChainPiece(policies[k], self.like, mb, *chunks[k], t, lr,
-                                                      first_order), range(len(chunks)))
+                                                      first_order, fast), range(len(chunks)))
         self.loss = sum(p.loss.detach() for p in self.pieces)
 
     def _map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
@@ -514,8 +702,7 @@ class ChainCurvature:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         vs = unflat(v, self.like)
-        vl = [vs[n] for n in self.names]
-        return sum(self._map(lambda p: p.product(vl), self.pieces)) + self.damping * v
+        return sum(self._map(lambda p: p.product(vs), self.pieces)) + self.damping * v
 
     def close(self) -> None:
         if self.pool is not None:
@@ -612,6 +799,7 @@ def trpo_step(objective: Callable[[Params, bool], tuple[torch.Tensor, torch.Tens
         loss, _ = objective(params, True)
         g = flat(torch.autograd.grad(loss, leaves))
 
+    g = g.detach()
     if reuse_cg_product:
         x, ax = conjugate_gradient(fvp, g, cfg.cg_iters, return_product=True)
         xhx = (x @ ax).clamp_min(1e-12)
