@@ -666,6 +666,8 @@ class ChainCurvature:
         if workers < 1:
             raise ValueError(f"ChainCurvature: workers must be >= 1, got {workers}")
         t = mb.post.obs.shape[0]
+        # (the sampling distribution can be a view of the policy's log-std that still requires grad)
+        mb = MetaBatch(mb.inner, mb.post, mb.old_mean.detach(), mb.old_log_std.detach())
         self.names = list(params)
         self.like = {k: v.detach() for k, v in params.items()}
         self.damping = damping
