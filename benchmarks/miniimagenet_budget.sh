@@ -10,6 +10,7 @@
 # Nets' relation module; Siamese, Baseline and Baseline++ train once and are evaluated at 1 and 5 shots.
 #   group "gradient": ProtoNet, MAML (second order) and Meta-LSTM, 5-way 1-shot and 5-shot (issue 5)
 #   group "metric":   Matching Nets (FCE), Relation Nets, Siamese, Baseline, Baseline++ (issue 4)
+#   group "baseline": Baseline alone (the metric group's last job, for a rerun on one core)
 # Two jobs run at a time, one thread each. Logs go to logs/budget-mini/, JSON results to results/budget-mini/.
 # Usage (repo root): METASHOT_DATA=../shared/data STEPS=600 bash benchmarks/miniimagenet_budget.sh [gradient|metric]
 set -uo pipefail
@@ -72,6 +73,9 @@ case $GROUP in
     ( job matching-fce 5w5s "${conv32[@]}"; job relation 5w5s "${episode5[@]}" "${maps32[@]}"
       shared_job baselinepp-miniimagenet "${conv32[@]}" ) &
     ;;
-  *) echo "usage: $0 [gradient|metric]" >&2; exit 2 ;;
+  baseline)
+    shared_job baseline-miniimagenet "${conv32[@]}" &
+    ;;
+  *) echo "usage: $0 [gradient|metric|baseline]" >&2; exit 2 ;;
 esac
 wait

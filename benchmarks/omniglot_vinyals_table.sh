@@ -6,7 +6,9 @@
 # results/vinyals/.
 # Usage (repo root): METASHOT_DATA=../shared/data bash benchmarks/omniglot_vinyals_table.sh [train|eval|all]
 # MODELS="runs/X protonet-omniglot" limits the evaluations to these checkpoints (default: all three);
-# SETTINGS="5x1 5x5" to these ways x shots (default: 5x1 5x5 20x1 20x5).
+# SETTINGS="5x1 5x5" to these ways x shots (default: 5x1 5x5 20x1 20x5); TRAIN="relation5" trains only these
+# (default: matching relation relation5; relation5 = configs/relation5-omniglot-vinyals.yaml, Relation Nets
+# trained on 5-shot episodes for the 5-shot cells, as the paper trains one model per setting).
 set -uo pipefail
 WHAT=${1:-all}
 MS=${METASHOT:-metashot}
@@ -14,7 +16,7 @@ EPISODES=${EPISODES:-600}
 LOG=logs/vinyals RES=results/vinyals
 mkdir -p "$LOG" "$RES"
 if [ "$WHAT" != eval ]; then
-  for m in matching relation; do
+  for m in ${TRAIN:-matching relation relation5}; do
     t0=$(date +%s)
     if ! $MS train "configs/$m-omniglot-vinyals.yaml" --quiet > "$LOG/$m-train.log" 2>&1; then
       echo "$m: training failed, see $LOG/$m-train.log" >&2
@@ -24,7 +26,7 @@ if [ "$WHAT" != eval ]; then
   done
 fi
 if [ "$WHAT" != train ]; then
-  for model in ${MODELS:-runs/matching-omniglot-vinyals runs/relation-omniglot-vinyals protonet-omniglot}; do
+  for model in ${MODELS:-runs/matching-omniglot-vinyals runs/relation-omniglot-vinyals runs/relation5-omniglot-vinyals protonet-omniglot}; do
     tag=$(basename "$model")
     for setting in ${SETTINGS:-5x1 5x5 20x1 20x5}; do
       set -- ${setting/x/ }

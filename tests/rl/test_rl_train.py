@@ -70,7 +70,8 @@ def test_first_order_and_pretrained_variants_run(tmp_path):
                        ("two", {"inner_steps": 2}), ("gn", {"fvp": "gauss-newton"}),
                        ("chain", {"fvp": "chain", "fvp_workers": 2}),
                        ("chain-fo", {"fvp": "chain", "first_order": True}),
-                       ("chain-pre", {"fvp": "chain", "inner_steps": 0})):
+                       ("chain-pre", {"fvp": "chain", "inner_steps": 0}),
+                       ("chain-two", {"fvp": "chain", "inner_steps": 2, "inner_lr": [0.3, 0.1]})):
         cfg = small_nav(tmp_path, name, **algo)
         cfg.train.iterations = 2
         s = train_rl(cfg, progress=False)
@@ -99,6 +100,11 @@ def test_config_errors():
         RLConfig.from_dict({"algo": {"meta_batch": 0}})
     with pytest.raises(ValueError, match="fvp"):
         RLConfig.from_dict({"algo": {"fvp": "exact"}})
+    two = RLConfig.from_dict({"algo": {"inner_steps": 2, "inner_lr": [0.5, 0.25]}})
+    assert two.algo.inner_lr == [0.5, 0.25]
+    assert RLConfig.from_dict({"algo": {"inner_lr": 0.5}}).algo.inner_lr == 0.5
+    with pytest.raises(ValueError, match="algo.inner_lr"):
+        RLConfig.from_dict({"algo": {"inner_lr": [0.5, -1.0]}})
     with pytest.raises(ValueError, match="fvp_workers > 1 needs"):
         RLConfig.from_dict({"algo": {"fvp_workers": 2}})
     with pytest.raises(ValueError, match="fvp_workers"):

@@ -65,7 +65,7 @@ class RLPolicyConfig:
 @dataclass
 class RLAlgoConfig:
     inner_steps: int = 1  # 0 = no adaptation in training (pretrained / oracle baselines)
-    inner_lr: float = 0.1
+    inner_lr: float | list[float] = 0.1  # one step size, or one per inner step (the last repeats)
     first_order: bool = False
     meta_batch: int = 20  # tasks per iteration
     trajectories: int = 20  # per task and per inner step
@@ -143,6 +143,9 @@ class RLConfig:
             raise ValueError(f"{where}: algo.fvp 'gauss-newton' needs algo.vectorized true")
         if a.max_kl <= 0 or not 0 < a.backtrack_ratio < 1 or not 0 < a.discount <= 1:
             raise ValueError(f"{where}: need algo.max_kl > 0, 0 < backtrack_ratio < 1, 0 < discount <= 1")
+        if isinstance(a.inner_lr, list) and (not a.inner_lr or not all(x > 0 for x in a.inner_lr)):
+            raise ValueError(f"{where}: algo.inner_lr must be a number or a non-empty list of positive "
+                             f"numbers, got {a.inner_lr!r}")
         if not e.inner_lr or not all(isinstance(x, (int, float)) for x in e.inner_lr):
             raise ValueError(f"{where}: eval.inner_lr must be a non-empty list of numbers, got "
                              f"{e.inner_lr!r}")
