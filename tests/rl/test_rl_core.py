@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from metashot.rl.core import (
     ChainCurvature,
     GaussianMLPPolicy,
     MetaBatch,
+    TaskBatch,
     TRPOConfig,
     adapt,
     baseline_features,
@@ -269,10 +271,55 @@ def test_chain_curvature_equals_autograd_float64(inner_steps, first_order, worke
         l2, k2 = meta_objective(pol, p2, mb, lr, first_order=True, vectorized=False)
         l3, k3 = curv.evaluate(p2)
         assert abs(l2.item() - l3.item()) <= 1e-12 and abs(k2.item() - k3.item()) <= 1e-12 and k3.item() > 0
-    assert curv.pool is None  # closed by the with block
+    assert curv.pool is None  # closed by the with block (workers > 1 had one)
     # the module and the meta-parameters are untouched
     for k, v in pol.named_parameters():
         assert torch.equal(v.detach(), params[k].detach())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_chain_curvature_with_ended_episodes_float64(inner_steps, fast):
+    """Episodes that end at random steps (inner and post-update batches) and one task whose post-update steps
+    are all masked: products, meta-gradient and loss still equal autograd's through meta_objective."""
+    lr = [0.3, 0.2]
+    pol, params, mb = _tiny_meta_batch(inner_steps, seed=11, lr=lr)
+    gen = torch.Generator().manual_seed(1)
+
+    def truncate(b, empty_task=None):
+        m = b.mask.clone()
+        ends = torch.randint(1, m.shape[2] + 1, m.shape[:2], generator=gen)
+        m = m * (torch.arange(m.shape[2])[None, None, :] < ends[..., None])
+        if empty_task is not None:
+            m[empty_task] = 0
+        return TaskBatch(b.obs, b.actions, b.advantages * m, m)
+
+    inner = [truncate(b) for b in mb.inner]
+    post = truncate(mb.post, empty_task=1)
+    assert 0 < post.mask.sum() < post.mask.numel()
+    cur = {k: v.detach() for k, v in adapt(pol, params, inner, lr, first_order=True).items()}
+    with torch.no_grad():
+        mean, log_std = policy_dist(pol, cur, post.obs, per_task=True)
+    mb2 = MetaBatch(inner, post, mean, log_std)
+    leaves = list(params.values())
+    loss, kl = meta_objective(pol, params, mb2, lr, vectorized=False)
+    g = flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+    kg = flat(torch.autograd.grad(kl, leaves, create_graph=True))
+    v = torch.randn(kg.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hv = flat(torch.autograd.grad(kg @ v, leaves, retain_graph=True))
+    with ChainCurvature(pol, params, mb2, lr, workers=2, fast=fast) as curv:
+        assert abs(curv.loss.item() - loss.item()) <= 1e-12
+        assert ((curv.gradient() - g).norm() / g.norm()).item() <= 1e-9
+        assert ((curv(v) - hv).norm() / hv.norm()).item() <= 1e-9
+
+
+def test_chain_curvature_warns_away_from_the_sampling_point():
+    pol, params, mb = _tiny_meta_batch(1, seed=7, lr=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ChainCurvature(pol, params, mb, 0.3).close()  # at the sampling point: no warning
+    with pytest.warns(RuntimeWarning, match="Gauss-Newton approximation"):
+        ChainCurvature(pol, params, mb, 0.1).close()  # other inner step size than the sampling's
 
 
 def test_chain_curvature_other_policies_take_the_autograd_path():

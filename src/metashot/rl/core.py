@@ -365,14 +365,14 @@ def gauss_newton_fvp(policy: nn.Module, params: Params, mb: MetaBatch, lr: float
 def _mlp_layers(policy: nn.Module) -> list[tuple[str, str]] | None:
     """(weight, bias) names of the Linear layers of a :class:`GaussianMLPPolicy` whose mean network is
     Linear, ReLU, ..., Linear (with biases), or None for any other policy."""
-    if not isinstance(policy, GaussianMLPPolicy):
+    if type(policy) is not GaussianMLPPolicy:  # a subclass may change the forward
         return None
     mods = list(policy.mean)
     if len(mods) % 2 == 0:
         return None
     layers = []
     for i, m in enumerate(mods):
-        if i % 2 == 0 and isinstance(m, nn.Linear) and m.bias is not None:
+        if i % 2 == 0 and type(m) is nn.Linear and m.bias is not None:
             layers.append((f"mean.{i}.weight", f"mean.{i}.bias"))
         elif i % 2 == 1 and type(m) is nn.ReLU:
             continue
@@ -579,6 +579,9 @@ class _ChainPiece:
                 self.fisher = self._autograd_fisher(outputs, cs, jt, metric)
             # the surrogate loss of these tasks at the adapted parameters (the meta-objective's terms)
             mean, log_std = torch.stack(means), torch.stack(log_stds)
+            gap = ((mean - mb.old_mean[sl]).abs() + (log_std - mb.old_log_std[sl]).abs()).detach()
+            gap = torch.where(post.mask[sl][..., None] > 0, gap, torch.zeros_like(gap))
+            self.offset = float(gap.max()) if gap.numel() else 0.0
             logp = gaussian_log_prob(mean, log_std, post.actions[sl])
             old_logp = gaussian_log_prob(mb.old_mean[sl], mb.old_log_std[sl], post.actions[sl])
             n = post.mask[sl].sum(dim=(1, 2)).clamp_min(1)
@@ -654,6 +657,10 @@ class ChainCurvature:
     product. The meta-gradient is ``sum_i J_i^T g_i`` with ``g_i`` the surrogate's gradient at task i's
     adapted parameters. Float64 tests check both against autograd through :func:`meta_objective`.
 
+    It must be built at the parameters that sampled ``mb`` (``mb.old_mean``/``old_log_std`` are the adapted
+    policies' distribution, with the same inner step sizes), as :func:`metashot.rl.train.meta_step` does;
+    elsewhere the identity does not hold, and a RuntimeWarning says so.
+
     ``workers > 1`` splits the tasks into that many chunks that build and multiply concurrently in threads,
     each through its own copy of ``policy`` (set ``torch.set_num_threads(1)`` so that the threads do not
     compete for cores); the chunks' sums are added in a fixed order, so the result does not depend on timing.
@@ -674,10 +681,22 @@ class ChainCurvature:
         bounds = torch.linspace(0, t, min(workers, t) + 1).round().long().tolist()
         chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
         self.pool = ThreadPoolExecutor(len(chunks)) if len(chunks) > 1 else None
-        policies = [policy] + [copy.deepcopy(policy) for _ in chunks[1:]]
-        self.pieces = self._map(lambda k: _ChainPiece(policies[k], self.like, mb, *chunks[k], t, lr,
-                                                      first_order, fast), range(len(chunks)))
+        try:
+            policies = [policy] + [copy.deepcopy(policy) for _ in chunks[1:]]
+            self.pieces = self._map(lambda k: _ChainPiece(policies[k], self.like, mb, *chunks[k], t, lr,
+                                                          first_order, fast), range(len(chunks)))
+        except BaseException:
+            self.close()
+            raise
         self.loss = sum(p.loss.detach() for p in self.pieces)
+        offset = max(p.offset for p in self.pieces)
+        scale = 1.0 + float(mb.old_mean.abs().max()) if mb.old_mean.numel() else 1.0
+        if offset > 1e-4 * scale:
+            warnings.warn(f"ChainCurvature: the adapted policies differ from the sampling distribution "
+                          f"(max |d mean| + |d log_std| = {offset:.3g}): the products are then a "
+                          "Gauss-Newton approximation, not the Hessian of the KL (build it at the parameters "
+                          "that sampled the meta-batch, with the same inner step sizes)",
+                          RuntimeWarning, stacklevel=2)
 
     def _map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
         if self.pool is None:

@@ -143,7 +143,8 @@ class RLConfig:
             raise ValueError(f"{where}: algo.fvp 'gauss-newton' needs algo.vectorized true")
         if a.max_kl <= 0 or not 0 < a.backtrack_ratio < 1 or not 0 < a.discount <= 1:
             raise ValueError(f"{where}: need algo.max_kl > 0, 0 < backtrack_ratio < 1, 0 < discount <= 1")
-        if isinstance(a.inner_lr, list) and (not a.inner_lr or not all(x > 0 for x in a.inner_lr)):
+        lrs = a.inner_lr if isinstance(a.inner_lr, list) else [a.inner_lr]
+        if not lrs or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs):
             raise ValueError(f"{where}: algo.inner_lr must be a number or a non-empty list of positive "
                              f"numbers, got {a.inner_lr!r}")
         if not e.inner_lr or not all(isinstance(x, (int, float)) for x in e.inner_lr):
