@@ -8,7 +8,8 @@
 # MODELS="runs/X protonet-omniglot" limits the evaluations to these checkpoints (default: all three);
 # SETTINGS="5x1 5x5" to these ways x shots (default: 5x1 5x5 20x1 20x5); TRAIN="relation5" trains only these
 # (default: matching relation relation5; relation5 = configs/relation5-omniglot-vinyals.yaml, Relation Nets
-# trained on 5-shot episodes for the 5-shot cells, as the paper trains one model per setting).
+# trained on 5-shot episodes for the 5-shot cells, as the paper trains one model per setting); META_BATCH=5
+# evaluates that many episodes per forward pass (Relation Nets at 20 ways need a small one to fit in memory).
 set -uo pipefail
 WHAT=${1:-all}
 MS=${METASHOT:-metashot}
@@ -32,6 +33,7 @@ if [ "$WHAT" != train ]; then
       set -- ${setting/x/ }
       t0=$(date +%s)
       $MS eval "$model" --ways "$1" --shots "$2" --queries 15 --episodes "$EPISODES" --seed 1234 --threads 1 --json \
+        ${META_BATCH:+--meta-batch "$META_BATCH"} \
         > "$RES/$tag-$1w$2s.json" 2> "$LOG/$tag-$1w$2s.err"
       echo "$tag $1-way $2-shot ($(( $(date +%s) - t0 )) s): $(cat "$RES/$tag-$1w$2s.json")"
     done

@@ -102,4 +102,4 @@ def test_bundled_lake_model(runs: list[LakeRun]) -> None:
     assert path is not None
     assert sum(f.stat().st_size for f in path.iterdir()) < 2 * 2**20
     res = evaluate_checkpoint("lake-omniglot", runs[:10])
-    assert res["error"] < 20.0  # 10.5% on these 10 runs for the shipped ProtoNet
+    assert res["error"] < 20.0  # 9.0% on these 10 runs for the shipped ProtoNet (60-way trained)
