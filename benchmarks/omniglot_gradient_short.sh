@@ -5,6 +5,7 @@
 # (1000 episodes, seed 1234, 15 queries per class, the preset's test-time inner steps). One job at a time.
 # Logs go to logs/omniglot-short/, JSON results to results/omniglot-short/.
 # Usage (repo root): METASHOT_DATA=../shared/data STEPS=1000 bash benchmarks/omniglot_gradient_short.sh [METHOD ...]
+# A METHOD may also be a whole preset name, e.g. maml-omniglot-20w1s (configs/maml-omniglot-20w1s.yaml).
 set -uo pipefail
 STEPS=${STEPS:-1000}
 MS=${METASHOT:-metashot}
@@ -12,9 +13,11 @@ LOG=logs/omniglot-short RES=results/omniglot-short
 mkdir -p "$LOG" "$RES"
 for m in "${@:-anil metasgd reptile}"; do
   for method in $m; do
-    name=$method-omniglot-5w1s-$STEPS
+    preset=$method
+    [[ $preset == *-omniglot-* ]] || preset=$method-omniglot-5w1s
+    name=$preset-$STEPS
     t0=$(date +%s)
-    if ! $MS train "configs/$method-omniglot-5w1s.yaml" --quiet --set name="$name" --set train.steps="$STEPS" \
+    if ! $MS train "configs/$preset.yaml" --quiet --set name="$name" --set train.steps="$STEPS" \
         --set train.val_every=0 --set train.threads=1 > "$LOG/$name-train.log" 2>&1; then
       echo "$name: training failed, see $LOG/$name-train.log" >&2
       continue
