@@ -477,7 +477,8 @@ class _MLPInnerHessian:
         self.ce = c * e  # [S, d]
         self.two_cre = 2 * cre
         self.s2 = (2 * cre * r).sum(0)  # [d]
-        _, self.deltas = self.net.backward(-cre, keep=True)
+        self.grad, self.deltas = self.net.backward(-cre, keep=True)
+        self.grad["log_std"] = (c * (1 - r * r * e)).sum(0)  # the loss's gradient too (the inner step)
 
     def __call__(self, v: Params) -> Params:
         rmu, rhs = self.net.r_forward(v)
@@ -536,22 +537,24 @@ class _ChainPiece:
         with torch.enable_grad():
             for k, b in enumerate(mb.inner):
                 a = _lr_at(lr, k)
-                leaves_k, grads_k, nxt = [], [], []
-                for j, i in enumerate(range(lo, hi)):
-                    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in cur[j].items()}
-                    loss = vpg_loss(policy, leaves, b.obs[i], b.actions[i], b.advantages[i], b.mask[i])
-                    g = torch.autograd.grad(loss, [leaves[n] for n in names],
-                                            create_graph=not (first_order or self.fast))
-                    leaves_k += [leaves[n] for n in names]
-                    grads_k += list(g)
-                    nxt.append({n: leaves[n].detach() - a * gn.detach()
-                                for n, gn in zip(names, g, strict=True)})
-                if not first_order:
-                    if self.fast:
-                        ops = [_MLPInnerHessian(layers, cur[j], b.obs[i], b.actions[i], b.advantages[i],
-                                                b.mask[i]) for j, i in enumerate(range(lo, hi))]
+                if self.fast:  # the written-out passes give the inner step's gradient as well
+                    ops = [_MLPInnerHessian(layers, cur[j], b.obs[i], b.actions[i], b.advantages[i],
+                                            b.mask[i]) for j, i in enumerate(range(lo, hi))]
+                    nxt = [{n: cur[j][n] - a * op.grad[n] for n in names} for j, op in enumerate(ops)]
+                    if not first_order:
                         self.steps.append((_per_task(ops), a))
-                    else:
+                else:
+                    leaves_k, grads_k, nxt = [], [], []
+                    for j, i in enumerate(range(lo, hi)):
+                        leaves = {n: v.detach().clone().requires_grad_(True) for n, v in cur[j].items()}
+                        loss = vpg_loss(policy, leaves, b.obs[i], b.actions[i], b.advantages[i], b.mask[i])
+                        g = torch.autograd.grad(loss, [leaves[n] for n in names],
+                                                create_graph=not first_order)
+                        leaves_k += [leaves[n] for n in names]
+                        grads_k += list(g)
+                        nxt.append({n: leaves[n].detach() - a * gn.detach()
+                                    for n, gn in zip(names, g, strict=True)})
+                    if not first_order:
                         self.steps.append((self._autograd_product(leaves_k, grads_k), a))
                 cur = nxt
             post = mb.post
