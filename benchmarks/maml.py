@@ -9,6 +9,7 @@ inner steps.
     python benchmarks/maml.py --config B --path loop --first-order
     python benchmarks/maml.py --config A --path loop --steps 10 --checkpoint-inner   # memory option
     python benchmarks/maml.py --config A --threads 1 --task-workers 2                # 2 task chunks, 2 cores
+    python benchmarks/maml.py --config A --threads 1 --precision bf16 --profile      # autocast; conv share
 
 ``peak_mem_gib``: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
 (``ru_maxrss``, everything included: Python, torch, data), with ``rss_before_gib`` its value before the
@@ -22,6 +23,7 @@ meta-training step itself needs; on CUDA equal to ``peak_mem_gib``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -48,6 +50,18 @@ def _load() -> float:
         return float("nan")
 
 
+def _conv_share(fn: object) -> float:
+    """Share of the operators' self CPU time spent in convolution kernels during one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()  # type: ignore[operator]
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+    return round(conv / total, 3) if total else float("nan")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="A")
@@ -63,6 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="MAML(task_workers=...): chunks of the meta-batch run concurrently in threads")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: torch.autocast around the meta-loss (as train.precision; task chunks then run "
+                        "one after the other)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one extra iteration (torch.profiler) and report the share of operator "
+                        "self time spent in convolution kernels (forward, backward, double backward)")
     p.add_argument("--all", action="store_true",
                    help="A and B x loop/vectorized x second/first order in one process (a JSON line each)")
     a = p.parse_args(argv)
@@ -110,8 +130,12 @@ def run(a: argparse.Namespace) -> dict:
 
     batches = [make_batch() for _ in range(4)]
 
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "bf16" \
+        else contextlib.nullcontext
+
     def step(i: int) -> float:
-        loss, _ = learner.meta_loss(batches[i % len(batches)])
+        with autocast():
+            loss, _ = learner.meta_loss(batches[i % len(batches)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,8 +175,10 @@ def run(a: argparse.Namespace) -> dict:
                           else "process peak RSS (ru_maxrss)"),
         "rss_start_gib": round(rss_start, 4), "rss_before_gib": round(rss0, 4),
         "train_mem_gib": round(peak - (0.0 if dev.type == "cuda" else rss_start), 4),
-        "final_loss": round(loss, 4), "torch": torch.__version__,
+        "final_loss": round(loss, 4), "torch": torch.__version__, "precision": a.precision,
     }
+    if a.profile:
+        out["conv_self_time_share"] = _conv_share(lambda: step(a.iters))
     print(json.dumps(out), flush=True)
     return out
 

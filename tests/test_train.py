@@ -185,6 +185,24 @@ def test_grad_clip_bounds_the_update() -> None:
     )  # SGD step lr * clipped grad (momentum 0 at step 1)
 
 
+def test_sgd_momentum_setting() -> None:
+    """train.momentum reaches SGD (0: plain SGD, the Reptile interpolation step); the default stays 0.9;
+    two plain-SGD steps move the weights by lr * (g1 + g2), not by the momentum-accumulated amount."""
+    from metashot.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert make_optimizer(p, tiny_cfg(optimizer="sgd")).param_groups[0]["momentum"] == 0.9
+    opt = make_optimizer(p, tiny_cfg(optimizer="sgd", momentum=0.0, lr=0.5))
+    g = torch.tensor([1.0, -2.0, 4.0])
+    for _ in range(2):
+        opt.zero_grad()
+        p[0].grad = g.clone()
+        opt.step()
+    assert torch.equal(p[0].detach(), -0.5 * 2 * g)
+    with pytest.raises(ValueError, match="momentum"):
+        make_optimizer(p, tiny_cfg(optimizer="sgd", momentum=1.0))
+
+
 def test_lr_schedules_closed_form() -> None:
     f = lr_factor(tiny_cfg(lr_schedule="step", lr_step=5, lr_gamma=0.5))
     assert [f(s) for s in (0, 4, 5, 10, 14)] == [1.0, 1.0, 0.5, 0.25, 0.25]

@@ -54,6 +54,7 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 1000
     optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9  # sgd only (0 = plain SGD, e.g. Reptile's outer interpolation step)
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "step"  # constant | step | cosine

@@ -70,7 +70,9 @@ def make_optimizer(params: Any, cfg: Config) -> torch.optim.Optimizer:
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        if not 0.0 <= t.momentum < 1.0:
+            raise ValueError(f"train.momentum must be in [0, 1), got {t.momentum!r}")
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {t.optimizer!r}")
 
 
