@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
@@ -107,7 +108,7 @@ class MAML(MetaLearner):
             2 workers x 1 thread on 2 cores). The loss it returns carries the exact meta-gradient for
             ``backward()`` but has no graph of its own (a double backward through the meta-loss raises);
             networks with dropout are refused (random draws from concurrent threads would not be
-            reproducible). The workers inherit the caller's grad mode; under autocast, or with no parameter
+            reproducible). The workers inherit the caller's grad mode and autocast state; with no parameter
             requiring grad, or with grad disabled, the chunks run one after the other in the calling thread.
             Other thread-local state (torch function/dispatch modes, saved-tensor hooks, CUDA streams) does
             not reach the workers. Reptile's meta-update ignores it (only its evaluation uses it).
@@ -257,13 +258,14 @@ class MAML(MetaLearner):
     def _in_workers(self, fn: Callable[[int, int], Any], tasks: int, grad: bool) -> list[Any]:
         """``fn(lo, hi)`` for each chunk of tasks, concurrently (one backbone replica per worker thread).
 
-        Grad mode is thread-local in torch, so each worker sets the caller's. Under autocast (also
-        thread-local) the chunks run one after the other in the calling thread.
+        Grad mode and autocast are thread-local in torch, so each worker enters the caller's.
         """
         chunks = self._chunks(tasks)
-        if len(chunks) == 1 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+        if len(chunks) == 1:
             with torch.set_grad_enabled(grad):
                 return [fn(lo, hi) for lo, hi in chunks]
+        autocasts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
+                     if torch.is_autocast_enabled(d)]
         if self._replicas and self._replicas[0][0] is not self.backbone:
             self._replicas = []  # the backbone was replaced
         while len(self._replicas) < len(chunks):
@@ -278,7 +280,10 @@ class MAML(MetaLearner):
             modules = _WORKER.__dict__.setdefault("modules", {})
             modules[id(self)] = replica
             try:
-                with torch.set_grad_enabled(grad):
+                with contextlib.ExitStack() as stack:
+                    for device, dtype in autocasts:
+                        stack.enter_context(torch.autocast(device, dtype=dtype))
+                    stack.enter_context(torch.set_grad_enabled(grad))
                     return fn(*chunks[k])
             finally:
                 del modules[id(self)]
