@@ -52,6 +52,13 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             raise ValueError(f"--path applies to the gradient-based learners (MAML, Meta-SGD, ANIL); "
                              f"{type(learner).__name__} has no inner loop to vectorise")
         learner.vectorized = a.path == "vectorized"
+    if a.inner_steps is not None:
+        if not hasattr(learner, "inner_steps_test"):
+            raise ValueError(f"--inner-steps applies to the gradient-based learners (MAML, Meta-SGD, ANIL, "
+                             f"Reptile); {type(learner).__name__} has no inner loop")
+        if a.inner_steps < 0:
+            raise ValueError(f"--inner-steps must be >= 0, got {a.inner_steps}")
+        learner.inner_steps_test = a.inner_steps
     cfg = meta["config"]
     data, ev = cfg["data"], cfg["eval"]
     dataset = a.dataset or data["dataset"]
@@ -287,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--path", choices=["vectorized", "loop"],
                    help="MAML family: adapt the episodes of a batch with vmap or one by one (the same "
                         "numbers up to rounding; on CPU the loop is faster for large images, e.g. 84x84)")
+    e.add_argument("--inner-steps", type=int,
+                   help="MAML family: gradient steps on each support set at test (default: the checkpoint's "
+                        "inner_steps_test)")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="classify a folder of images (or sentences) from a support set")

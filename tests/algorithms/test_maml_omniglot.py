@@ -94,3 +94,34 @@ def test_cli_eval_path_loop_matches_vectorized(trained, capsys: pytest.CaptureFi
     # a learner without an inner loop refuses the flag
     assert main(["eval", "protonet-omniglot", "--episodes", "2", "--path", "loop"]) == 2
     assert "--path applies to the gradient-based learners" in capsys.readouterr().err
+
+
+def test_cli_eval_inner_steps(trained, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`metashot eval --inner-steps N` adapts with N steps at test (0: the meta-learned start itself)."""
+    import json
+
+    from metashot.algorithms.maml import MAML
+    from metashot.cli import main
+
+    seen: list[int] = []
+    original = MAML.predict_batch
+
+    def spy(self: MAML, batch: object) -> torch.Tensor:
+        seen.append(self.inner_steps_test)
+        return original(self, batch)
+
+    monkeypatch.setattr(MAML, "predict_batch", spy)
+    path, _ = trained
+    accs = {}
+    for steps in ("0", "2"):
+        seen.clear()
+        assert main(["eval", str(path), "--episodes", "12", "--seed", "5", "--json", "--quiet",
+                     "--threads", "1", "--inner-steps", steps]) == 0
+        accs[steps] = json.loads(capsys.readouterr().out)["acc"]
+        assert seen and set(seen) == {int(steps)}
+    assert accs["2"] > accs["0"]  # adaptation helps a meta-trained start
+    assert main(["eval", str(path), "--episodes", "2", "--inner-steps", "-1"]) == 2
+    assert "--inner-steps must be >= 0" in capsys.readouterr().err
+    assert main(["eval", "protonet-omniglot", "--episodes", "2", "--inner-steps", "1"]) == 2
+    assert "--inner-steps applies to the gradient-based learners" in capsys.readouterr().err
