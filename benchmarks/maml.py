@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: torch.autocast around the meta-loss (as train.precision; task chunks then run "
-                        "one after the other)")
+                   help="bf16: torch.autocast around the meta-loss (as train.precision; the task workers "
+                        "enter it too)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one extra iteration (torch.profiler) and report the share of operator "
                         "self time spent in convolution kernels (forward, backward, double backward)")
