@@ -64,7 +64,9 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
+        ext_keys, ext_digests = external_state(learner)
+        state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()
+                 if k not in ext_keys}
         save_file(state, str(tmp / WEIGHTS))
         meta = {
             "format": FORMAT,
@@ -72,6 +74,7 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
             "learner_args": learner.config_dict(),
             "config": config,
             "weights_sha256": sha256_file(tmp / WEIGHTS),
+            **({"external_weights": ext_digests} if ext_digests else {}),
             **(extra or {}),
         }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -89,6 +92,26 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def external_state(learner: torch.nn.Module) -> tuple[set[str], dict[str, str]]:
+    """State keys that modules rebuild from a pretrained source (frozen timm trunks), and their digests.
+
+    Such tensors are not written into checkpoints; the checkpoint records the digest of each source, and
+    loading rebuilds the weights and checks that digest.
+    """
+    keys: set[str] = set()
+    digests: dict[str, str] = {}
+    for name, mod in learner.named_modules():
+        fn = getattr(mod, "external_state_keys", None)
+        if fn is None:
+            continue
+        own = fn()
+        if own:
+            pre = f"{name}." if name else ""
+            keys |= {pre + k for k in own}
+            digests[name or "."] = mod.external_digest()
+    return keys, digests
 
 
 def save_train_state(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -197,12 +220,29 @@ def load_checkpoint(
     state = read_weights(path, meta, device)
     model_cfg = meta["config"]["model"]
     learner = build_learner(model_cfg, meta.get("learner_args"))
+    ext_keys, ext_digests = external_state(learner)
+    recorded = meta.get("external_weights", {})
+    if ext_digests != recorded:
+        for mod, digest in recorded.items():
+            if ext_digests.get(mod) != digest:
+                raise CheckpointError(
+                    f"checkpoint {path}: the pretrained weights of {mod} "
+                    f"({model_cfg.get('backbone_args')}) have digest {str(ext_digests.get(mod))[:16]}... "
+                    f"but the checkpoint was made with "
+                    f"{digest[:16]}...; install the weights it was made with (same package version or file)")
+        raise CheckpointError(f"checkpoint {path}: it records pretrained weights {sorted(recorded)} but the "
+                              f"rebuilt model has {sorted(ext_digests)}")
     try:
-        learner.load_state_dict(state, strict=True)
+        missing, unexpected = learner.load_state_dict(state, strict=not ext_keys)
     except RuntimeError as e:
         raise CheckpointError(
             f"checkpoint {path}: weights do not match the model {model_cfg['algorithm']}/"
             f"{model_cfg['backbone']} described in {CONFIG}: {str(e).splitlines()[0]} ..."
         ) from e
+    # (BatchNorm fills a missing num_batches_tracked itself, so the missing keys are a subset of ext_keys.)
+    wrong = sorted(set(missing) - ext_keys)[:3] or sorted(unexpected)[:3]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path}: weights do not match the model {model_cfg['algorithm']}/"
+                              f"{model_cfg['backbone']} described in {CONFIG}: e.g. {wrong}")
     learner.to(device).eval()
     return learner, meta

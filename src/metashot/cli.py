@@ -42,6 +42,7 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.checkpoint import load_checkpoint
     from metashot.data import load_split
+    from metashot.data.checks import check_channels
     from metashot.evaluate import OMNIGLOT_EPISODES, evaluate
 
     if a.threads:
@@ -64,8 +65,12 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     dataset = a.dataset or data["dataset"]
     split = a.split or data["test_split"]
     episodes = a.episodes or (OMNIGLOT_EPISODES if dataset == "omniglot" else ev["episodes"])
-    store = load_split(dataset, split, a.root or data.get("root"), data.get("image_size"),
-                       **(data.get("options") or {}) if dataset == data["dataset"] else {})
+    options = dict(data.get("options") or {}) if dataset == data["dataset"] else {}
+    spec = meta.get("image_spec")
+    if spec and "crop_pct" in spec and dataset in ("mini_imagenet", "flowers102", "folder"):
+        options["image_spec"] = spec  # a pretrained model's own input pipeline (size, crop, filter)
+    store = load_split(dataset, split, a.root or data.get("root"), data.get("image_size"), **options)
+    check_channels(store, meta.get("image_spec"), f"checkpoint {a.checkpoint}", trained_on=data["dataset"])
     res = evaluate(learner, store, a.ways or ev["ways"], a.shots or ev["shots"],
                    a.queries or ev["queries"], episodes, a.seed if a.seed is not None else ev["seed"],
                    a.meta_batch or ev.get("meta_batch", 16), a.device, progress=not a.quiet)

@@ -34,10 +34,25 @@ def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
 
 def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots: int, queries: int,
                        episodes: int = DEFAULT_EPISODES, seed: int = 1234, meta_batch: int = 16,
-                       device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
-    """Accuracy of each of ``episodes`` fixed episodes, in [0, 1], float64 [episodes]."""
+                       device: str | torch.device = "cpu", progress: bool = True,
+                       cache_features: bool = True) -> np.ndarray:
+    """Accuracy of each of ``episodes`` fixed episodes, in [0, 1], float64 [episodes].
+
+    A learner whose backbone has a frozen pretrained trunk (:func:`metashot.nn.pretrained.frozen_trunk`)
+    sees every image's trunk features computed once (``cache_features``); the episodes are the same tasks
+    either way, since sampling depends only on the store's class sizes and the seed.
+    """
     if episodes < 1:
         raise ValueError(f"evaluate: episodes must be >= 1, got {episodes}")
+    if meta_batch < 1:
+        raise ValueError(f"evaluate: meta_batch must be >= 1, got {meta_batch}")
+    from metashot.nn.pretrained import feature_store, frozen_trunk
+
+    trunk = frozen_trunk(learner) if cache_features and store.images.dim() == 4 else None
+    features_in: Any = contextlib.nullcontext()
+    if trunk is not None:
+        store = feature_store(trunk, store, device, progress=progress)
+        features_in = trunk.on_features()
     # One episode per sampler batch index, so the episodes do not depend on meta_batch.
     sampler = EpisodeSampler(store, ways, shots, queries, seed=seed, tasks_per_batch=1)
     was_training = learner.training
@@ -45,7 +60,8 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
     accs = np.empty(episodes)
     ctx = contextlib.nullcontext if learner.adapt_needs_grad else torch.inference_mode
     try:
-        with tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress, leave=False) as bar:
+        with features_in, tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress,
+                               leave=False) as bar:
             for start in range(0, episodes, meta_batch):
                 stop = min(start + meta_batch, episodes)
                 batches = [sampler.sample(i) for i in range(start, stop)]
@@ -61,11 +77,12 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
 
 def evaluate(learner: MetaLearner, store: ClassStore, ways: int = 5, shots: int = 1, queries: int = 15,
              episodes: int = DEFAULT_EPISODES, seed: int = 1234, meta_batch: int = 16,
-             device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+             device: str | torch.device = "cpu", progress: bool = True,
+             cache_features: bool = True) -> dict[str, Any]:
     """Evaluate on fixed seeded episodes. Returns ``acc`` and ``ci95`` in percent plus the protocol."""
     t0 = time.perf_counter()
     accs = episode_accuracies(learner, store, ways, shots, queries, episodes, seed, meta_batch, device,
-                              progress)
+                              progress, cache_features)
     mean, ci = mean_ci95(accs)
     return {
         "acc": round(100 * mean, 4), "ci95": round(100 * ci, 4), "episodes": episodes, "ways": ways,

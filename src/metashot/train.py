@@ -705,7 +705,10 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
     run's. Under torchrun (``WORLD_SIZE`` > 1) the process group is set up here and torn down at the end.
     """
     from metashot import distributed
+    from metashot.frozen import fit_frozen, has_trainable_parameters
 
+    if resume is None and not has_trainable_parameters(build_learner(dict(cfg.model.__dict__))):
+        return fit_frozen(cfg, progress)  # e.g. SimpleShot on a frozen pretrained backbone
     ctx = distributed.init_from_env(cfg.train.device, cfg.train.dist_backend)
     try:
         out_dir = None

@@ -9,6 +9,7 @@ from metashot.algorithms import (  # noqa: F401  (importing a module registers i
     relation,
     reptile,
     siamese,
+    simpleshot,
 )
 from metashot.algorithms.base import MetaLearner, algorithm_class, available_algorithms, register
 

@@ -29,12 +29,24 @@ def available_datasets() -> list[str]:
 
 
 def load_split(dataset: str, split: str, root: str | Path | None = None, image_size: int | None = None,
-               **options: Any) -> ClassStore:
-    """The store of ``split`` of ``dataset`` (e.g. ``load_split("omniglot", "test")``)."""
+               image_spec: ImageSpec | dict[str, Any] | None = None, **options: Any) -> ClassStore:
+    """The store of ``split`` of ``dataset`` (e.g. ``load_split("omniglot", "test")``).
+
+    ``image_spec`` replaces a photo dataset's default preprocessing (mini_imagenet, flowers102, folder), e.g.
+    with a pretrained model's (``TimmBackbone.image_spec``, or the ``image_spec`` a checkpoint records).
+    """
     if dataset not in _DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; available: {available_datasets()}")
+    if image_spec is not None:
+        if dataset not in _SPEC_DATASETS:
+            raise ValueError(f"dataset {dataset!r} has a fixed preprocessing; image_spec applies to "
+                             f"{sorted(_SPEC_DATASETS)}")
+        options["spec"] = ImageSpec.from_dict(image_spec) if isinstance(image_spec, dict) else image_spec
     return _DATASETS[dataset](split=split, root=Path(root) if root else None, image_size=image_size,
                               **options)
+
+
+_SPEC_DATASETS = {"mini_imagenet", "flowers102", "folder"}
 
 
 @register_dataset("omniglot")
@@ -51,16 +63,24 @@ def _mini(split: str, root: Path | None, image_size: int | None, **options: Any)
     return mini_imagenet(split, root, image_size or 84, **options)
 
 
+@register_dataset("flowers102")
+def _flowers(split: str, root: Path | None, image_size: int | None, **options: Any) -> ClassStore:
+    from metashot.data.flowers102 import flowers102
+
+    return flowers102(split, root, image_size or 84, **options)
+
+
 @register_dataset("folder")
 def _folder(split: str, root: Path | None, image_size: int | None, channels: int = 3, invert: bool = False,
-            resize_filter: str = "bilinear", **options: Any) -> ClassStore:
+            resize_filter: str = "bilinear", spec: ImageSpec | None = None, **options: Any) -> ClassStore:
     """``split`` is a folder of class subfolders (absolute, or relative to ``root``)."""
     from metashot.data.folder import image_folder
 
     path = Path(split)
     if not path.is_absolute() and root is not None:
         path = root / path
-    spec = ImageSpec(size=image_size or 84, channels=channels, invert=invert, resize_filter=resize_filter)
+    if spec is None:
+        spec = ImageSpec(size=image_size or 84, channels=channels, invert=invert, resize_filter=resize_filter)
     return image_folder(path, spec, **options)
 
 

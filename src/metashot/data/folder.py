@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from metashot.data.preprocess import ImageSpec, preprocess
+from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -92,6 +92,6 @@ def image_folder(root: str | Path, spec: ImageSpec, cache_dir: Path | None = Non
     def build() -> tuple[np.ndarray, list[int], list[str]]:
         return decode_files(files, spec, f"decode {Path(root).name}"), counts, names
 
-    params = {"spec": spec.to_dict(), "root": str(Path(root).resolve())}
+    params = {"spec": spec.to_dict(), "root": str(Path(root).resolve()), "decoder": DECODER_VERSION}
     meta = {"dataset": "folder", "name": str(root), "image_spec": spec.to_dict()}
     return cached_store(f"folder-{spec.size}", files, params, build, meta=meta, cache_dir=cache_dir)

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from metashot._env import data_root
-from metashot.data.preprocess import ImageSpec, preprocess
+from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
 MINI_IMAGENET_SPEC = ImageSpec(size=84, channels=3, invert=False, resize_filter="bilinear")
@@ -105,11 +105,15 @@ class _Source:
 
 
 def mini_imagenet(split: str = "train", root: Path | None = None, image_size: int = 84,
-                  cache_dir: Path | None = None) -> ClassStore:
-    """Classes of ``split`` (train/val/test) as a store of uint8 [M, 3, size, size] images."""
+                  cache_dir: Path | None = None, spec: ImageSpec | None = None) -> ClassStore:
+    """Classes of ``split`` (train/val/test) as a store of uint8 [M, 3, size, size] images.
+
+    ``spec`` replaces the default preprocessing (84x84 bilinear), e.g. with a pretrained model's.
+    """
     if split not in SPLITS:
         raise ValueError(f"mini-ImageNet split must be one of {SPLITS}, got {split!r}")
-    spec = ImageSpec(size=image_size, channels=3, invert=False, resize_filter="bilinear")
+    if spec is None:
+        spec = ImageSpec(size=image_size, channels=3, invert=False, resize_filter="bilinear")
     src = locate(root)
     # A folder is keyed by its csv files and the images folder's own identity (which changes when files are
     # added, removed or renamed); stat-ing every image would cost more than the cached load itself.
@@ -137,6 +141,8 @@ def mini_imagenet(split: str = "train", root: Path | None = None, image_size: in
 
     meta = {"dataset": "mini_imagenet", "split": split, "image_spec": spec.to_dict()}
     params = {"split": split, "spec": spec.to_dict()}
+    if spec.crop_pct is not None:  # the photo pipeline's decoding rules (crop, EXIF, modes) are version 2
+        params["decoder"] = DECODER_VERSION
     store = cached_store(f"mini_imagenet-{split}-{spec.size}", sources, params, build, meta=meta,
                          cache_dir=cache_dir)
     store.meta.update(name=f"mini_imagenet/{split}")

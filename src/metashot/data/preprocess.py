@@ -6,13 +6,20 @@ practitioner's ``FewShotClassifier`` applies exactly the preprocessing of its ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+# Version of the decoding rules for users' photos (EXIF orientation, every PIL mode, timm's resize, crop);
+# caches of photo stores are keyed by it, so a change here never reuses pixels decoded by older rules.
+# Omniglot and the default mini-ImageNet pipeline decode exactly as before and keep their caches.
+DECODER_VERSION = 2
 
 _FILTERS = {
     "box": Image.Resampling.BOX,
@@ -34,12 +41,20 @@ class ImageSpec:
             dark (0) background, the polarity the published models were trained with.
         resize_filter: one of box, bilinear, bicubic, lanczos, nearest. ``box`` averages the source
             pixels under each output pixel (area interpolation), which keeps thin Omniglot strokes.
+        crop_pct: None (default) squashes the whole image to ``size`` x ``size``. A number in (0, 1] keeps
+            the aspect ratio instead: the shorter side is resized to ``size / crop_pct`` and the centre
+            ``size`` x ``size`` is cut out, as timm's evaluation transform does for pretrained models.
+        mean, std: per-channel normalisation (in [0, 1] units) that the model applies to its inputs, recorded
+            so that a checkpoint documents its whole input pipeline; the pixels stored here stay uint8.
     """
 
     size: int = 28
     channels: int = 1
     invert: bool = False
     resize_filter: str = "box"
+    crop_pct: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -49,17 +64,53 @@ class ImageSpec:
         if self.resize_filter not in _FILTERS:
             raise ValueError(f"ImageSpec.resize_filter {self.resize_filter!r} is not one of "
                              f"{sorted(_FILTERS)}")
+        if self.crop_pct is not None:
+            c = self.crop_pct
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+                raise ValueError(f"ImageSpec.crop_pct must be a number in (0, 1] or None, got {c!r}")
+            object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None:
+                try:
+                    v = tuple(float(x) for x in v)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"ImageSpec.{name} must be a sequence of {self.channels} number(s), "
+                                     f"got {v!r}") from e
+                object.__setattr__(self, name, v)
+                if len(v) != self.channels:
+                    raise ValueError(f"ImageSpec.{name} has {len(v)} values for {self.channels} channel(s)")
+                if not all(math.isfinite(x) for x in v):
+                    raise ValueError(f"ImageSpec.{name} must be finite, got {v}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"ImageSpec.std must be positive, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        # Older checkpoints have no crop/normalisation keys; writing them only when set keeps those files
+        # (and their digests) unchanged.
+        for k in ("crop_pct", "mean", "std"):
+            if d[k] is None:
+                del d[k]
+            elif k != "crop_pct":
+                d[k] = list(d[k])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageSpec:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"ImageSpec: unknown keys {sorted(unknown)} in {d}")
         return cls(**d)
 
 
-def to_pil(image: Any, source: str = "image") -> Image.Image:
-    """Accept a PIL image, a file path, or a uint8 numpy array / torch tensor (HxW, HxWxC or CxHxW)."""
+def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Image.Image:
+    """Accept a PIL image, a file path, or a uint8 numpy array / torch tensor (HxW, HxWxC or CxHxW).
+
+    ``min_side``: a JPEG file is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= it
+    (libjpeg's DCT scaling): a 12-megapixel phone photo headed for a 224-pixel model decodes several times
+    faster.
+    """
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, (str, Path)):
@@ -68,8 +119,12 @@ def to_pil(image: Any, source: str = "image") -> Image.Image:
             raise FileNotFoundError(f"image file {path} does not exist")
         try:
             with Image.open(path) as im:
+                if min_side and im.format == "JPEG":
+                    im.draft(im.mode, (min_side, min_side))
                 im.load()
-                return im.copy()
+                # Cameras store the sensor's pixels plus an EXIF orientation tag; apply it so a portrait
+                # photo is upright, as every photo viewer shows it.
+                return _exif_upright(im, path)
         except Exception as e:  # PIL raises several types for bad files
             raise ValueError(f"cannot decode image file {path}: {e}") from e
     if isinstance(image, torch.Tensor):
@@ -89,16 +144,34 @@ def to_pil(image: Any, source: str = "image") -> Image.Image:
                     f"uint8 array")
 
 
+def _exif_upright(im: Image.Image, path: Path) -> Image.Image:
+    """``im`` turned upright by its EXIF orientation tag (a copy either way)."""
+    try:
+        return ImageOps.exif_transpose(im) or im.copy()
+    except Exception as e:  # malformed metadata must not make a decodable photo unusable
+        warnings.warn(f"image file {path}: cannot apply its EXIF orientation ({e}); using the pixels as "
+                      f"stored", stacklevel=3)
+        return im.copy()
+
+
 def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray:
     """Return a uint8 array [C, H, W] for one raw image, following ``spec``."""
-    im = to_pil(image, source)
+    if source == "image" and isinstance(image, (str, Path)):
+        source = str(image)
+    # Reduced JPEG decoding only for the photo pipeline (crop_pct set), so older checkpoints see the same
+    # pixels.
+    min_side = math.ceil(spec.size / spec.crop_pct) if spec.crop_pct else None
+    im = to_pil(image, source, min_side)
+    if im.width < 1 or im.height < 1:
+        raise ValueError(f"{source}: the image is empty ({im.width}x{im.height} pixels)")
     mode = "L" if spec.channels == 1 else "RGB"
-    if im.mode in ("RGBA", "LA", "P") and mode == "RGB":
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    im = im.convert(mode)
-    if im.size != (spec.size, spec.size):
+    try:
+        im = _to_mode(im, mode)
+    except ValueError as e:
+        raise ValueError(f"{source}: cannot convert a PIL {im.mode} image to {mode}: {e}") from e
+    if spec.crop_pct is not None:
+        im = _resize_centre_crop(im, spec.size, spec.crop_pct, _FILTERS[spec.resize_filter])
+    elif im.size != (spec.size, spec.size):
         im = im.resize((spec.size, spec.size), _FILTERS[spec.resize_filter])
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
@@ -108,6 +181,64 @@ def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray
     if spec.invert:
         arr = 255 - arr
     return arr
+
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL mode (RGBA, LA, P with transparency, CMYK, 16-bit I;16, 32-bit I and F) to L or RGB.
+
+    Transparent pixels are composited onto white, as a viewer shows them (paper, for drawings).
+    High-bit-depth images are scaled by the range of their kind, where PIL's plain convert would clip a
+    16-bit image to white: I;16 by 0..65535; I by 0..255 when its values fit, else 0..65535 (or its
+    maximum); F by 0..1 when its values fit, else 0..255 (or its maximum). NaN pixels are black.
+    "1", "L" and "RGB" get PIL's plain convert, as before these rules (the bundled Omniglot models' pinned
+    figures depend on it).
+    """
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        finite = np.isfinite(a)
+        peak = float(a[finite].max()) if finite.any() else 0.0
+        if im.mode.startswith("I;16") or (im.mode == "I" and 255 < peak <= 65535):
+            top = 65535.0
+        elif im.mode == "F" and peak <= 1.0:
+            top = 1.0
+        else:
+            top = max(peak, 255.0)
+        # NaN (no data) is black; +-inf clip to white/black instead of spoiling the scale of the whole image.
+        a = np.nan_to_num(a, nan=0.0, posinf=top, neginf=0.0)
+        im = Image.fromarray(np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if im.mode == "La":  # premultiplied: PIL converts it to LA only
+        im = im.convert("LA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba).convert("RGB")
+    if im.mode == mode:
+        return im
+    try:
+        return im.convert(mode)
+    except ValueError:  # e.g. LAB, which PIL converts to RGB only
+        return im.convert("RGB").convert(mode)
+
+
+def _resize_centre_crop(im: Image.Image, size: int, crop_pct: float,
+                        resample: Image.Resampling) -> Image.Image:
+    """Resize the shorter side to floor(size / crop_pct), keeping the aspect ratio; cut the centre square.
+
+    Pixel for pixel what timm's evaluation transform does (``Resize(floor(size / crop_pct))`` then
+    ``CenterCrop(size)`` of torchvision): the longer side is truncated, the crop offset rounded half to even.
+    """
+    short = math.floor(size / crop_pct)
+    w, h = im.size
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    if (new_w, new_h) != im.size:
+        im = im.resize((new_w, new_h), resample)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

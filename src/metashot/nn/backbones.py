@@ -22,10 +22,12 @@ def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callabl
 
 
 def available_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return sorted(set(_BACKBONES) | {"timm"})
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    if name == "timm" and name not in _BACKBONES:
+        import metashot.nn.pretrained  # noqa: F401  (registers "timm"; imports timm only when used)
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
     try:
@@ -158,3 +160,94 @@ def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
         out = backbone(torch.zeros(2, *item_shape, **kw))
     backbone.train(was)
     return int(out.reshape(2, -1).shape[1])
+
+
+class ResNet12Block(nn.Module):
+    """One ResNet-12 stage: three [3x3 conv, BN] layers with LeakyReLU(0.1) between them, a [1x1 conv, BN]
+    shortcut added before the last LeakyReLU, then 2x2 max-pool (and dropout if ``drop_rate`` > 0).
+
+    Shapes: [B, cin, H, W] -> [B, cout, H // 2, W // 2]. Convolutions have no bias (each is followed by BN).
+    """
+
+    def __init__(self, cin: int, cout: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv3 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        # Not in place: MAML's functional_call and vmap differentiate through every activation.
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out = self.pool(self.act(out + self.shortcut(x)))
+        return self.drop(out) if self.drop is not None else out
+
+
+class ResNet12(nn.Module):
+    """ResNet-12: ``features`` (:class:`ResNet12Block` stages), global average pool, optional linear ``head``.
+
+    Shapes: [B, C, H, W] -> [B, widths[-1]] (``avg_pool``), the feature map [B, widths[-1], H/16, W/16]
+    (``avg_pool=False``), or logits [B, out_features] with a head. Parameters are named ``features.*`` and
+    ``head.*`` as in :class:`MAMLConvNet`, so ANIL adapts the head alone.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], drop_rate: float, avg_pool: bool,
+                 out_features: int | None) -> None:
+        super().__init__()
+        chans = [in_channels, *widths]
+        self.features = nn.Sequential(*[ResNet12Block(chans[i], chans[i + 1], drop_rate)
+                                        for i in range(len(widths))])
+        self.avg_pool = avg_pool
+        self.head = nn.Linear(widths[-1], out_features) if out_features is not None else None
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.features(x)
+        if not self.avg_pool:
+            return z
+        z = z.mean(dim=(2, 3))
+        return self.head(z) if self.head is not None else z
+
+
+@register_backbone("resnet12")
+def resnet12(in_channels: int = 3, widths: tuple[int, ...] | list[int] = (64, 160, 320, 640),
+             drop_rate: float = 0.0, avg_pool: bool = True, out_features: int | None = None) -> nn.Module:
+    """ResNet-12 (Oreshkin, Rodriguez & Lacoste, TADAM, NeurIPS 2018; Lee et al., MetaOptNet, CVPR 2019;
+    Tian et al., RFS, ECCV 2020; Ye et al., FEAT, CVPR 2020): the standard mini-ImageNet backbone.
+
+    Four residual stages of widths ``widths`` (64-160-320-640: 12,424,320 parameters), each three
+    [3x3 conv, BN, LeakyReLU(0.1)] layers with a [1x1 conv, BN] shortcut and a 2x2 max-pool, then a global
+    average pool. Shapes: [B, C, H, W] -> [B, widths[-1]] (84x84 reaches the pool as 5x5, 32x32 as 2x2).
+
+    Args:
+        in_channels: C of the input images.
+        widths: channels of the four (or any number of) stages; each stage halves H and W.
+        drop_rate: dropout after each stage (0 = none; the published models use DropBlock, not provided here).
+        avg_pool: global average pool; ``False`` returns the last feature map [B, widths[-1], H/16, W/16],
+            which is what Relation Networks need (``relation`` refuses flat embeddings; at 84x84 the map is
+            5x5, enough for its relation module's two 2x2 pools, at 32x32 it is 2x2, too small).
+        out_features: append a linear ``head`` of this many outputs on the pooled features, for MAML,
+            Meta-SGD, ANIL and Reptile (set it to the number of ways). Needs ``avg_pool``.
+    """
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1:
+        raise ValueError(f"resnet12: widths must be a non-empty list of positive channel counts, got "
+                         f"{widths}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"resnet12: drop_rate must be in [0, 1), got {drop_rate}")
+    if out_features is not None and not avg_pool:
+        raise ValueError("resnet12: out_features (a linear head) needs avg_pool=True; the head reads the "
+                         f"pooled {widths[-1]}-d features")
+    if out_features is not None and out_features < 1:
+        raise ValueError(f"resnet12: out_features must be >= 1 (the number of ways), got {out_features}")
+    return ResNet12(int(in_channels), widths, float(drop_rate), bool(avg_pool), out_features)

@@ -1,0 +1,82 @@
+"""Runs of models with nothing to meta-train: a frozen pretrained backbone plus a parameter-free head.
+
+SimpleShot (Wang et al. 2019) is such a model: a pretrained embedding, centred on the mean feature of the base
+classes and L2-normalised, with a nearest-centroid (ProtoNet) head. Its only fitted tensor is that mean.
+``metashot train`` sends a config whose learner has no trainable parameter here: the backbone's ``prepare``
+hook fits its statistics on the training split's (cached) features, the model is scored on the validation
+episodes, and the run folder gets the same files as a trained run (``config.yaml``, ``metrics.jsonl``,
+``best/``, ``final/``, ``summary.json``), so ``metashot eval RUN`` and ``metashot.load(RUN)`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metashot.algorithms.base import MetaLearner
+from metashot.checkpoint import build_learner, save_checkpoint
+from metashot.config import Config
+from metashot.data import load_split
+from metashot.evaluate import evaluate
+
+
+def has_trainable_parameters(learner: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in learner.parameters())
+
+
+def _image_spec(learner: MetaLearner) -> Any:
+    return getattr(getattr(learner, "backbone", None), "image_spec", None)
+
+
+def load_for(learner: MetaLearner, cfg: Config, split: str) -> Any:
+    """``split`` of the config's dataset, preprocessed as the learner's backbone needs (its pretrained
+    config)."""
+    spec = _image_spec(learner)
+    return load_split(cfg.data.dataset, split, cfg.data.root, cfg.data.image_size, image_spec=spec,
+                      **cfg.data.options)
+
+
+def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit the statistics of a learner without trainable parameters and write its run folder."""
+    from metashot.nn.pretrained import feature_store, frozen_trunk
+
+    t0 = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    learner = build_learner(dict(cfg.model.__dict__))
+    if has_trainable_parameters(learner):
+        raise ValueError(f"{cfg.name}: fit_frozen is for learners without trainable parameters")
+    trunk = frozen_trunk(learner)
+    if trunk is None:
+        raise ValueError(f"{cfg.name}: the learner has no trainable parameters and no frozen pretrained "
+                         f"backbone to fit statistics for; nothing to train")
+    device = cfg.train.device
+    learner.to(device)
+    train = load_for(learner, cfg, cfg.data.train_split)
+    feats = feature_store(trunk, train, device, progress=progress)
+    trunk.prepare(feats.images.to(device))
+    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+    result: dict[str, Any] = {"steps": 0, "fitted": "statistics", "train_split": train.meta.get("name"),
+                              "train_images": len(train)}
+    lines = []
+    if cfg.data.val_split:
+        val = load_for(learner, cfg, cfg.data.val_split)
+        e = cfg.eval
+        res = evaluate(learner, val, e.ways, e.shots, e.queries, cfg.train.val_episodes, cfg.train.val_seed,
+                       e.meta_batch, device, progress=progress)
+        lines.append({"step": 0, "val_acc": res["acc"], "val_ci95": res["ci95"]})
+        result.update(best_val_acc=res["acc"], best_step=0)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    extra = {"image_spec": train.meta["image_spec"], "step": 0}
+    for sub in ("final", "best"):
+        save_checkpoint(out / sub, learner, cfg.to_dict(), extra=extra)
+    result.update(seconds=round(time.perf_counter() - t0, 2), out_dir=str(out))
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    return result

