@@ -102,6 +102,8 @@ def external_state(learner: torch.nn.Module) -> tuple[set[str], dict[str, str]]:
     """
     keys: set[str] = set()
     digests: dict[str, str] = {}
+    if not isinstance(learner, torch.nn.Module):  # e.g. meta-RL's policy wrapper: nothing external
+        return keys, digests
     for name, mod in learner.named_modules():
         fn = getattr(mod, "external_state_keys", None)
         if fn is None:

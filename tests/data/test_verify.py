@@ -35,7 +35,9 @@ def test_shared_data_all_ok(data_root: Path, capsys: pytest.CaptureFixture[str])
     assert "964 characters, 19280 images" in report["omniglot/images_background"]["detail"]
     assert "train 64x60, val 16x60, test 20x60" in report["mini_imagenet"]["detail"]
     assert "1028/172/423" in report["omniglot/vinyals_split"]["detail"]
-    assert report["SHA256SUMS"]["detail"].startswith("6 files match")
+    assert "51 classes, 4129 images" in report["flowers102"]["detail"]
+    assert "sha256 ok" in report["flowers102"]["detail"]
+    assert report["SHA256SUMS"]["detail"].startswith("7 files match")
     assert {f"text/{n}" for n in TEXT_FILES} <= set(report)
 
 

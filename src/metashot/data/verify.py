@@ -172,6 +172,25 @@ def _check_vinyals(base: Path) -> str:
 # ------------------------------------------------------------------------------------------- mini-ImageNet
 
 
+def _check_flowers(root: Path) -> dict[str, str]:
+    from metashot.data import flowers102 as fl
+
+    try:
+        src = fl.locate(root)
+    except FileNotFoundError as e:
+        return _entry("missing", str(e))
+
+    def check() -> str:
+        listing = fl._listing(src)
+        counts = [len(v) for v in listing.values()]
+        if min(counts) < 20:
+            small = min(listing, key=lambda k: len(listing[k]))
+            raise _Bad(f"{src}: class {small} has only {len(listing[small])} images")
+        return f"{len(listing)} classes, {sum(counts)} images ({min(counts)}-{max(counts)} per class)"
+
+    return _run(check)
+
+
 def _check_mini_imagenet(root: Path) -> dict[str, str]:
     from metashot.data import mini_imagenet as mi
 
@@ -312,6 +331,7 @@ def verify_all(root: str | Path | None = None, checksums: bool = True) -> Report
         report["omniglot/vinyals_split"] = _entry(
             "missing", "not checked: needs images_background and images_evaluation to be ok")
     report["mini_imagenet"] = _check_mini_imagenet(root)
+    report["flowers102"] = _check_flowers(root)
     for name, files in TEXT_FILES.items():
         report[f"text/{name}"] = _check_text(root / "text", name, files)
     if checksums and (root / "SHA256SUMS").is_file():
@@ -332,7 +352,8 @@ def _mark_checksums(report: Report, per_file: dict[str, Any]) -> None:
     """A dataset whose archive fails its listed sha256 is bad; one that matches says so in its detail."""
     for rel, status in per_file.items():
         stem = rel[: -len(".zip")] if rel.endswith(".zip") else rel
-        name = stem if stem in report else ("mini_imagenet" if rel.startswith("mini_imagenet/") else None)
+        name = stem if stem in report else next(
+            (d for d in ("mini_imagenet", "flowers102") if rel.startswith(f"{d}/")), None)
         if name is None or report[name]["status"] == "missing":
             continue
         if status == "ok":
