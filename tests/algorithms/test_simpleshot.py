@@ -78,3 +78,13 @@ def test_bad_options() -> None:
         SimpleShot(nn.Identity(), centre="base")
     with pytest.raises(ValueError, match="l2norm"):
         SimpleShot(nn.Identity(), centre="support", l2norm=False)
+
+
+def test_temperature_scales_scores_and_changes_no_prediction() -> None:
+    b = _batch(seed=3)
+    one = SimpleShot(nn.Identity()).batched_logits(b)
+    ten = SimpleShot(nn.Identity(), temperature=10.0).batched_logits(b)
+    torch.testing.assert_close(ten, 10 * one, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ten.argmax(-1), one.argmax(-1))
+    with pytest.raises(ValueError, match="temperature"):
+        SimpleShot(nn.Identity(), temperature=0.0)

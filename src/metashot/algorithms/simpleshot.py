@@ -31,9 +31,12 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         backbone: embedding network f, [B, *item] -> [B, D]; usually a frozen pretrained network.
         centre: ``support`` or ``none``.
         l2norm: L2-normalise (the paper's L2N); False with ``centre="none"`` is plain nearest class mean.
+        temperature: scores are ``-temperature * d^2``; it changes no prediction, only how sharp
+            ``predict_proba`` is (calibration).
     """
 
-    def __init__(self, backbone: nn.Module, centre: str = "support", l2norm: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, centre: str = "support", l2norm: bool = True,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         if centre not in ("support", "none"):
             raise ValueError(f"SimpleShot: centre must be 'support' or 'none', got {centre!r}")
@@ -43,6 +46,9 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         self.backbone = backbone
         self.centre = centre
         self.l2norm = bool(l2norm)
+        if not temperature > 0:
+            raise ValueError(f"SimpleShot: temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         z = self.backbone(x).flatten(1)
@@ -61,7 +67,7 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         protos = class_means(self._transform(zs, mu), support_y, ways)
 
         def predictor(query_x: torch.Tensor) -> torch.Tensor:
-            return -sq_euclidean(self._transform(self.embed(query_x), mu), protos)
+            return -self.temperature * sq_euclidean(self._transform(self.embed(query_x), mu), protos)
 
         return predictor
 
@@ -72,7 +78,7 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
         mu = zs.mean(1, keepdim=True) if self.centre == "support" else None
         protos = class_means(self._transform(zs, mu), batch.support_y, batch.ways)
-        return -sq_euclidean(self._transform(zq, mu), protos)
+        return -self.temperature * sq_euclidean(self._transform(zq, mu), protos)
 
     def config_dict(self) -> dict[str, Any]:
-        return {"centre": self.centre, "l2norm": self.l2norm}
+        return {"centre": self.centre, "l2norm": self.l2norm, "temperature": self.temperature}
