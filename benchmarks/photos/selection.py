@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+",
                     default=["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    ap.add_argument("--image-size", type=int, help="input side instead of each model's pretrained size")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--threads", type=int, default=2)
@@ -43,17 +44,21 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for model in a.models:
+        names = model.split("+")  # "a+b": an ensemble, features concatenated
+        size = {"image_size": a.image_size} if a.image_size else {}
         learners = {h: build_learner({
             "algorithm": "simpleshot" if h.endswith("supc") else "protonet", "backbone": "timm",
-            "backbone_args": {"model": model, "pretrained": True, **HEADS[h]},
+            "backbone_args": {"model": names if len(names) > 1 else model, "pretrained": True, **size,
+                              **HEADS[h]},
             "algorithm_args": {"centre": "support"} if h.endswith("supc") else {"distance": "sqeuclidean"}})
             for h in a.heads}
         any_bb = next(iter(learners.values())).backbone
         spec = any_bb.image_spec
         t0 = time.perf_counter()
-        train = feature_store(any_bb, load_split("mini_imagenet", "train", image_spec=spec))
-        for lr in learners.values():
-            lr.backbone.prepare(train.images)
+        if any(HEADS[h].get("centre") for h in a.heads):
+            train = feature_store(any_bb, load_split("mini_imagenet", "train", image_spec=spec))
+            for lr in learners.values():
+                lr.backbone.prepare(train.images)
         stores = {"mini_imagenet/val": load_split("mini_imagenet", "val", image_spec=spec),
                   "flowers102/val": load_split("flowers102", "val", image_spec=spec)}
         for name, store in stores.items():

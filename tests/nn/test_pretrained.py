@@ -223,3 +223,21 @@ def test_checkpoint_leaves_out_frozen_weights_and_checks_their_digest(tmp_path):
     _tiny_weights(tmp_path, seed=3)[0].replace(path)
     with pytest.raises(CheckpointError, match="digest"):
         load_checkpoint(ck)
+
+
+def test_an_ensemble_concatenates_normalised_members_and_needs_one_pipeline():
+    torch.manual_seed(0)
+    bb = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, power=0.5, image_size=48)
+    assert bb.image_spec.size == 48 and bb.model_name == "test_efficientnet_gn+test_convnext"
+    x = torch.rand(2, 3, 48, 48)
+    z = bb.features(x)
+    assert z.shape == (2, bb.feature_dim) and bb.feature_dim == 256 + bb.trunk.members[1].num_features
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))  # unit-norm members / sqrt(2)
+    raw = bb.trunk.members[0](x.sub(0.5).div(0.5))
+    first = torch.nn.functional.normalize(raw.clamp_min(0).add(1e-6).pow(0.5), dim=-1)
+    torch.testing.assert_close(z[:, :256] * 2 ** 0.5, first, rtol=1e-4, atol=1e-5)
+    assert torch.equal(bb(x), z)  # the power transform is not applied twice
+    with pytest.raises(ValueError, match="one input pipeline"):
+        P.TimmBackbone(["test_convnext", "test_resnet"], pretrained=False)  # bicubic vs bilinear
+    with pytest.raises(ValueError, match="not a file"):
+        P.TimmBackbone(["test_convnext", "test_convnext2"], pretrained="w.safetensors")

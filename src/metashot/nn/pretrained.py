@@ -198,8 +198,10 @@ class TimmBackbone(nn.Module):
     by :meth:`prepare` from the training split and is the only tensor such a model learns.
 
     Args:
-        model: timm model name.
-        pretrained: see :func:`create_timm_model`.
+        model: timm model name, or a list of names: an ensemble whose members see the same input and whose
+            features are concatenated (:class:`ConcatTrunk`; the members must share mean/std, crop and
+            filter).
+        pretrained: see :func:`create_timm_model` (a file only for a single model).
         trainable: False keeps the trunk frozen (eval mode, no gradients, not saved in checkpoints).
         centre: subtract the base-class mean feature (a buffer, saved).
         l2norm: L2-normalise the embedding.
@@ -208,17 +210,42 @@ class TimmBackbone(nn.Module):
         power: if set, z -> z ** power on the (non-negative, post-ReLU) features before centring: the power
             transform of Hu et al. 2021 ("Leveraging the feature distribution in transfer-based few-shot
             learning"), which makes the class clusters closer to Gaussian.
+        image_size: input side in pixels instead of the pretrained config's (the crop ratio is kept); smaller
+            is faster.
     """
 
-    def __init__(self, model: str = "tf_efficientnet_lite0", pretrained: bool | str = True,
+    def __init__(self, model: str | list[str] = "tf_efficientnet_lite0", pretrained: bool | str = True,
                  trainable: bool = False, centre: bool = False, l2norm: bool = False,
-                 channels_last: bool = True, power: float | None = None) -> None:
+                 channels_last: bool = True, power: float | None = None,
+                 image_size: int | None = None) -> None:
         super().__init__()
-        self.model_name, self.pretrained = model, pretrained
-        self.trunk = create_timm_model(model, pretrained)
-        cfg = dict(self.trunk.pretrained_cfg)
+        self.power = float(power) if power is not None else None
+        if self.power is not None and not 0 < self.power <= 1:
+            raise ValueError(f"TimmBackbone: power must be in (0, 1], got {power}")
+        names = [model] if isinstance(model, str) else [str(m) for m in model]
+        if not names:
+            raise ValueError("TimmBackbone: model must name at least one timm model")
+        self.model_name, self.pretrained = "+".join(names), pretrained
+        if len(names) == 1:
+            self.trunk: nn.Module = create_timm_model(names[0], pretrained)
+            cfg = dict(self.trunk.pretrained_cfg)
+        else:
+            if not isinstance(pretrained, bool):
+                raise ValueError("TimmBackbone: an ensemble of models takes pretrained: true or false, not a "
+                                 "file")
+            self.trunk = ConcatTrunk([create_timm_model(n, pretrained) for n in names], self.power)
+            cfg = dict(self.trunk.members[0].pretrained_cfg)
+            for n, m in zip(names[1:], self.trunk.members[1:], strict=True):
+                for k in ("mean", "std", "crop_pct", "interpolation"):
+                    if tuple(np.atleast_1d(m.pretrained_cfg.get(k))) != tuple(np.atleast_1d(cfg.get(k))):
+                        raise ValueError(f"TimmBackbone: ensemble members need one input pipeline, but {n}'s "
+                                         f"{k} is {m.pretrained_cfg.get(k)} and {names[0]}'s {cfg.get(k)}")
         keys = ("input_size", "interpolation", "crop_pct", "mean", "std")
         self.pretrained_cfg = {k: cfg.get(k) for k in keys}
+        if image_size is not None:
+            if int(image_size) < 16:
+                raise ValueError(f"TimmBackbone: image_size must be >= 16, got {image_size}")
+            self.pretrained_cfg["input_size"] = (int(cfg["input_size"][0]), int(image_size), int(image_size))
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
         self.trainable = bool(trainable)
@@ -227,9 +254,6 @@ class TimmBackbone(nn.Module):
         self.centre: torch.Tensor | None
         self.register_buffer("centre", torch.zeros(self.feature_dim) if centre else None)
         self.l2norm = bool(l2norm)
-        self.power = float(power) if power is not None else None
-        if self.power is not None and not 0 < self.power <= 1:
-            raise ValueError(f"TimmBackbone: power must be in (0, 1], got {power}")
         self.weights_digest = state_digest(self.trunk.state_dict())
         self._features_in = False
         # channels_last runs depthwise convolutions about 1.7x faster on CPU (measured for
@@ -271,7 +295,8 @@ class TimmBackbone(nn.Module):
             return self.trunk(x)
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
-        if self.power is not None:
+        # (an ensemble applies the power transform per member, inside its trunk)
+        if self.power is not None and not isinstance(self.trunk, ConcatTrunk):
             z = z.clamp_min(0).add(1e-6).pow(self.power)
         if self.centre is not None:
             z = z - self.centre.to(z.dtype)
@@ -309,17 +334,41 @@ class TimmBackbone(nn.Module):
         """
         if self.centre is not None:
             z = features.double()
-            if self.power is not None:
+            if self.power is not None and not isinstance(self.trunk, ConcatTrunk):
                 z = z.clamp_min(0).add(1e-6).pow(self.power)
             self.centre.copy_(z.mean(0).to(self.centre.dtype))
 
 
+class ConcatTrunk(nn.Module):
+    """Several timm networks on the same input: each member's pooled features, power-transformed (if
+    ``power``) and L2-normalised, concatenated and scaled by 1/sqrt(members) (so the result has unit norm).
+
+    Shapes: [B, 3, H, W] -> [B, sum of the members' feature sizes].
+    """
+
+    def __init__(self, members: list[nn.Module], power: float | None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.power = power
+        self.num_features = sum(int(m.num_features) for m in members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for m in self.members:
+            z = m(x)
+            if self.power is not None:
+                z = z.clamp_min(0).add(1e-6).pow(self.power)
+            parts.append(F.normalize(z, dim=-1))
+        return torch.cat(parts, -1) / len(parts) ** 0.5
+
+
 @register_backbone("timm")
-def timm_backbone(model: str = "tf_efficientnet_lite0", pretrained: bool | str = True,
+def timm_backbone(model: str | list[str] = "tf_efficientnet_lite0", pretrained: bool | str = True,
                   trainable: bool = False, centre: bool = False, l2norm: bool = False,
-                  channels_last: bool = True, power: float | None = None) -> TimmBackbone:
-    """Any timm model as an embedding (see :class:`TimmBackbone`)."""
-    return TimmBackbone(model, pretrained, trainable, centre, l2norm, channels_last, power)
+                  channels_last: bool = True, power: float | None = None,
+                  image_size: int | None = None) -> TimmBackbone:
+    """Any timm model (or a list of them, concatenated) as an embedding (see :class:`TimmBackbone`)."""
+    return TimmBackbone(model, pretrained, trainable, centre, l2norm, channels_last, power, image_size)
 
 
 def feature_store(backbone: TimmBackbone, store: Any, device: str | torch.device = "cpu",
