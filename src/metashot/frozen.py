@@ -57,14 +57,17 @@ def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = 
                          f"backbone to fit statistics for; nothing to train")
     device = cfg.train.device
     learner.to(device)
-    train = load_for(learner, cfg, cfg.data.train_split)
-    feats = feature_store(trunk, train, device, progress=progress)
-    trunk.prepare(feats.images.to(device))
+    result: dict[str, Any] = {"steps": 0}
+    if trunk.needs_statistics:  # e.g. SimpleShot's base-class mean; a support-centred head needs none
+        train = load_for(learner, cfg, cfg.data.train_split)
+        feats = feature_store(trunk, train, device, progress=progress)
+        trunk.prepare(feats.images.to(device))
+        result.update(fitted="statistics", train_split=train.meta.get("name"), train_images=len(train))
+    else:
+        result.update(fitted="nothing")
     out = Path(out_dir) if out_dir is not None else cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
-    result: dict[str, Any] = {"steps": 0, "fitted": "statistics", "train_split": train.meta.get("name"),
-                              "train_images": len(train)}
     lines = []
     if cfg.data.val_split:
         val = load_for(learner, cfg, cfg.data.val_split)
@@ -74,7 +77,7 @@ def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = 
         lines.append({"step": 0, "val_acc": res["acc"], "val_ci95": res["ci95"]})
         result.update(best_val_acc=res["acc"], best_step=0)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    extra = {"image_spec": train.meta["image_spec"], "step": 0}
+    extra = {"image_spec": trunk.image_spec.to_dict(), "step": 0}
     for sub in ("final", "best"):
         save_checkpoint(out / sub, learner, cfg.to_dict(), extra=extra)
     result.update(seconds=round(time.perf_counter() - t0, 2), out_dir=str(out))

@@ -199,8 +199,8 @@ class TimmBackbone(nn.Module):
 
     Args:
         model: timm model name, or a list of names: an ensemble whose members see the same input and whose
-            features are concatenated (:class:`ConcatTrunk`; the members must share mean/std, crop and
-            filter).
+            features are concatenated (:class:`ConcatTrunk`; the members must share mean/std and filter;
+            input size and crop are the first member's).
         pretrained: see :func:`create_timm_model` (a file only for a single model).
         trainable: False keeps the trunk frozen (eval mode, no gradients, not saved in checkpoints).
         centre: subtract the base-class mean feature (a buffer, saved).
@@ -236,7 +236,7 @@ class TimmBackbone(nn.Module):
             self.trunk = ConcatTrunk([create_timm_model(n, pretrained) for n in names], self.power)
             cfg = dict(self.trunk.members[0].pretrained_cfg)
             for n, m in zip(names[1:], self.trunk.members[1:], strict=True):
-                for k in ("mean", "std", "crop_pct", "interpolation"):
+                for k in ("mean", "std", "interpolation"):  # size and crop: the first member's
                     if tuple(np.atleast_1d(m.pretrained_cfg.get(k))) != tuple(np.atleast_1d(cfg.get(k))):
                         raise ValueError(f"TimmBackbone: ensemble members need one input pipeline, but {n}'s "
                                          f"{k} is {m.pretrained_cfg.get(k)} and {names[0]}'s {cfg.get(k)}")
@@ -326,6 +326,11 @@ class TimmBackbone(nn.Module):
 
     def external_digest(self) -> str:
         return self.weights_digest
+
+    @property
+    def needs_statistics(self) -> bool:
+        """True when :meth:`prepare` has something to fit (the base-class centre)."""
+        return self.centre is not None
 
     def prepare(self, features: torch.Tensor) -> None:
         """Fit SimpleShot's base-class mean on the trunk features [M, D] of the training set.
