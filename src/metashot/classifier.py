@@ -10,7 +10,9 @@ Images are preprocessed exactly as the checkpoint's training data (size, channel
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,19 @@ class FewShotClassifier:
             raise ValueError(f"{what}: no images given")
         if self.image_spec is None:
             raise ValueError(f"{what}: this checkpoint has no image preprocessing; pass float tensors")
-        arr = np.stack([preprocess(im, self.image_spec, source=f"{what}[{i}]")
-                        for i, im in enumerate(images)])
+        spec = self.image_spec
+
+        def one(i: int) -> np.ndarray:
+            return preprocess(images[i], spec, source=f"{what}[{i}]")
+
+        # Decoding and resizing release the GIL: a few threads overlap them (a 12-megapixel JPEG takes ~10 ms
+        # even at 1/8 scale). map() keeps the order and re-raises the first error, which names the file.
+        workers = min(4, os.cpu_count() or 1, len(images))
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                arr = np.stack(list(pool.map(one, range(len(images)))))
+        else:
+            arr = np.stack([one(i) for i in range(len(images))])
         return to_float(torch.from_numpy(arr)).to(self.device)
 
     def fit(self, images: Any, labels: Sequence[Hashable]) -> FewShotClassifier:
