@@ -628,12 +628,18 @@ def _truncate_metrics(path: Path, step: int, key: str = "step") -> None:
     tmp.replace(path)
 
 
-def episodic_validator(cfg: Config) -> Callable[[MetaLearner], dict[str, Any]] | None:
-    """Validation on ``cfg.data.val_split`` with the evaluation protocol of ``cfg.eval`` (fixed seed)."""
+def episodic_validator(
+    cfg: Config, image_spec: Any = None
+) -> Callable[[MetaLearner], dict[str, Any]] | None:
+    """Validation on ``cfg.data.val_split`` with the evaluation protocol of ``cfg.eval`` (fixed seed).
+
+    ``image_spec``: the backbone's own preprocessing (a pretrained timm model's), if it has one.
+    """
     if not cfg.train.val_every or not cfg.data.val_split:
         return None
     store = load_split(
-        cfg.data.dataset, cfg.data.val_split, cfg.data.root, cfg.data.image_size, **cfg.data.options
+        cfg.data.dataset, cfg.data.val_split, cfg.data.root, cfg.data.image_size, image_spec=image_spec,
+        **cfg.data.options
     )
     e = cfg.eval
 
@@ -663,8 +669,11 @@ def build_trainer(
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     learner = build_learner(dict(cfg.model.__dict__))
+    # A pretrained backbone (timm) brings its own input pipeline: size, crop, filter of its pretrained config.
+    spec = getattr(getattr(learner, "backbone", None), "image_spec", None)
     store = load_split(
-        cfg.data.dataset, cfg.data.train_split, cfg.data.root, cfg.data.image_size, **cfg.data.options
+        cfg.data.dataset, cfg.data.train_split, cfg.data.root, cfg.data.image_size, image_spec=spec,
+        **cfg.data.options
     )
     ep = cfg.episodes
     sampler = EpisodeSampler(
@@ -679,7 +688,8 @@ def build_trainer(
             dev = torch.device("cuda", dist.local_rank)
         source = DeviceSampler(sampler, dev)
     extra = {"image_spec": store.meta["image_spec"]} if "image_spec" in store.meta else {}
-    validate = episodic_validator(cfg) if dist.is_main else None  # the Trainer lets the other ranks follow
+    # (the Trainer lets the other ranks follow rank 0's validation)
+    validate = episodic_validator(cfg, spec) if dist.is_main else None
     return Trainer(
         learner, source, cfg, validate, out_dir=out_dir, progress=progress, checkpoint_extra=extra, dist=dist
     )
