@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,44 @@ def test_fit_bad_input(tmp_path):
         clf.fit([bad, _glyph(0, 0)], ["a", "b"])
     with pytest.raises(ValueError, match="uint8"):
         clf.fit([np.zeros((5, 5), np.float32), _glyph(0, 0)], ["a", "b"])
+
+
+def test_score_repr_and_bool_arrays(tmp_path):
+    _, path = _tiny(tmp_path)
+    clf = metashot.load(path)
+    assert "not fitted" in repr(clf) and str(path) in repr(clf) and "1x28x28 inverted" in repr(clf)
+    support = [_glyph(k, 0) for k in range(3)]
+    clf.fit(support, ["v", "h", "two"])
+    assert "classes_=['h', 'two', 'v'] (3)" in repr(clf) and "temperature" not in repr(clf)
+    assert clf.score(support, ["v", "h", "two"]) == 1.0
+    assert clf.score(support, ["h", "h", "h"]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        clf.score(support, ["v", "h"])
+    # np.array(Image.open(png)) of a 1-bit PNG is a bool array: True is white
+    as_bool = [np.asarray(g) > 127 for g in support]
+    assert np.allclose(clf.predict_proba(as_bool), clf.predict_proba(support))
+
+
+def test_temperature_from_config_divides_scores_only(tmp_path):
+    import shutil
+
+    _, plain = _tiny(tmp_path)
+    hot = Path(shutil.copytree(plain, tmp_path / "hot"))
+    cfg = json.loads((hot / "config.json").read_text())
+    # a key of config.json only: the weights and their SHA-256 stay as they are
+    (hot / "config.json").write_text(json.dumps(dict(cfg, temperature=4.0)))
+    support = [_glyph(k, 0) for k in range(3)]
+    queries = [_glyph(k, 3) for k in range(3)] * 2
+    a = metashot.load(plain).fit(support, [0, 1, 2])
+    b = metashot.load(hot).fit(support, [0, 1, 2])
+    assert b.temperature == 4.0 and "temperature=4" in repr(b)
+    assert np.allclose(b.decision_function(queries), a.decision_function(queries) / 4.0, atol=1e-5)
+    pa, pb = a.predict_proba(queries), b.predict_proba(queries)
+    assert (pa.argmax(1) == pb.argmax(1)).all() and (pb.max(1) <= pa.max(1) + 1e-6).all()
+    assert list(a.predict(queries)) == list(b.predict(queries))
+    cfg = json.loads((hot / "config.json").read_text())
+    for bad in (0, -1.0, "2", None, True):
+        cfg["temperature"] = bad
+        (hot / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match="temperature"):
+            metashot.load(hot)

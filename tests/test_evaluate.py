@@ -74,3 +74,31 @@ def test_episodes_do_not_depend_on_meta_batch():
     Recorder.seen = []
     episode_accuracies(Recorder(), store, 5, 1, 2, episodes=10, seed=5, meta_batch=7, progress=False)
     assert torch.equal(a, torch.stack(Recorder.seen))
+
+
+def test_non_finite_logits_are_an_error_not_chance_accuracy():
+    class NaNModel(_Chance):
+        def adapt(self, sx, sy):
+            n = int(sy.max()) + 1
+            return lambda qx: torch.full((len(qx), n), float("nan"))
+
+    with pytest.raises(ValueError, match=r"logits are not finite \(\d+ of \d+ NaN/Inf in episodes 0\.\.3\)"):
+        evaluate(NaNModel(), _toy_store(), ways=5, shots=1, queries=2, episodes=10, meta_batch=4,
+                 progress=False)
+
+
+def test_nan_batch_norm_statistics_fail_evaluation():
+    from metashot.algorithms.protonet import ProtoNet
+    from metashot.nn.backbones import build_backbone
+
+    learner = ProtoNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4, depth=2))
+    next(m for m in learner.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("nan"))
+    with pytest.raises(ValueError, match="logits are not finite"):
+        evaluate(learner, _toy_store(), ways=5, shots=1, queries=2, episodes=4, progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [{"meta_batch": 0}, {"meta_batch": -3}, {"episodes": 0}])
+def test_meta_batch_and_episodes_below_one_are_errors(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"{name} must be >= 1, got {kwargs[name]}"):
+        episode_accuracies(_Oracle(), _toy_store(), 5, 1, 2, **{"episodes": 10, **kwargs}, progress=False)

@@ -105,7 +105,7 @@ def test_jsonl_log_fields(tmp_path: Path) -> None:
     for r in recs:
         assert {"loss", "acc", "lr", "steps_per_s", "episodes_per_s", "grad_norm", "elapsed_s"} <= set(r)
         assert r["episodes_per_s"] == pytest.approx(2 * r["steps_per_s"])  # meta_batch = 2
-        assert 0.0 <= r["acc"] <= 1.0 and math.isfinite(r["loss"])
+        assert 0.0 <= r["acc"] <= 100.0 and math.isfinite(r["loss"])  # percent, like val_acc
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 7
     assert json.loads((tmp_path / "config.yaml").read_text())["train"]["steps"] == 7
@@ -158,6 +158,61 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert read_meta(tmp_path / "best")["step"] == 3
     assert json.loads((tmp_path / "summary.json").read_text())["diverged_at_step"] == 8
     assert records(tmp_path)[-1]["event"] == "non_finite"
+
+
+class NaNStatsAt(ProtoNet):
+    """ProtoNet whose batch-norm running variance becomes NaN on its ``k``-th call; the loss stays finite."""
+
+    def __init__(self, backbone: torch.nn.Module, k: int) -> None:
+        super().__init__(backbone)
+        self.k, self.calls = k, 0
+
+    def meta_loss(self, batch):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        loss, m = super().meta_loss(batch)
+        if self.calls == self.k:
+            bn = next(mod for mod in self.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+            bn.running_var.data[0] = float("nan")  # .data: not seen by autograd
+        return loss, m
+
+
+def test_nan_guard_catches_non_finite_buffers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    learner = NaNStatsAt(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4, depth=2), k=5)
+    cfg = tiny_cfg(steps=12, checkpoint_every=2)
+    trainer = Trainer(learner, sampler(), cfg, out_dir=tmp_path, progress=False)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite buffer\(s\) backbone\.0\.1\.running_var .*at step 5 .*no update was applied.*"
+        r"last good checkpoint is .*last \(step 4\)",
+    ):
+        trainer.fit()
+    assert trainer.step == 4
+    assert all(torch.isfinite(v.float()).all() for v in learner.state_dict().values())  # buffers restored
+    assert read_meta(tmp_path / "last")["step"] == 4 and not (tmp_path / "final").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged_at_step"] == 5 and summary["steps"] == 4
+    assert records(tmp_path)[-1]["event"] == "non_finite"
+
+
+def test_nan_guard_stops_a_run_whose_batch_norm_statistics_overflow(tmp_path: Path) -> None:
+    """SGD at a huge rate: the running variance overflows while the loss stays finite."""
+    cfg = tiny_cfg(steps=20, optimizer="sgd", momentum=0.0, lr=1e4, checkpoint_every=1)
+    trainer = Trainer(tiny_learner(), sampler(), cfg, out_dir=tmp_path, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite (buffer|loss|gradient|parameter)"):
+        trainer.fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged_at_step"] == trainer.step + 1 < 20
+    assert read_meta(tmp_path / "last")["step"] == trainer.step
+
+
+def test_nan_guard_catches_an_update_that_overflows_the_weights(tmp_path: Path) -> None:
+    cfg = tiny_cfg(steps=5, optimizer="sgd", momentum=0.0, lr=1e38)
+    trainer = Trainer(tiny_learner(), sampler(), cfg, out_dir=tmp_path, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite parameter\(s\) backbone\..* update of step 1 "):
+        trainer.fit()
+    assert trainer.step == 0 and not (tmp_path / "final").exists() and not (tmp_path / "last").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["diverged_at_step"] == 1
 
 
 def test_save_refuses_non_finite_weights(tmp_path: Path) -> None:

@@ -16,3 +16,9 @@ def cache_root() -> Path:
     """Folder of decoded-image stores: ``$METASHOT_CACHE``, else ``~/.cache/metashot/stores``."""
     env = os.environ.get("METASHOT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "metashot" / "stores"
+
+
+def quiet() -> bool:
+    """True when ``$METASHOT_QUIET`` is set (``metashot ... --quiet`` sets it): no progress bars anywhere,
+    including the one-off decoding of a dataset into its store and the text encoder's loading bars."""
+    return os.environ.get("METASHOT_QUIET", "").strip().lower() not in ("", "0", "false", "no")

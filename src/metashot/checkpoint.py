@@ -3,14 +3,26 @@
 ``config.json`` holds the run's :class:`~metashot.config.Config`, the learner's constructor arguments, the
 preprocessing of its inputs, and the SHA-256 of the weights file, so a tampered or truncated weights file is
 caught before it is loaded, and a weights file that does not match the model is a clear error.
+
+Writes are crash-safe: a checkpoint is written into a hidden temporary folder ``.NAME.xxxxxxxx`` (its
+``config.json`` last, so a folder with a ``config.json`` whose weights match their SHA-256 is complete), then
+swapped in by two renames (``NAME`` -> ``.NAME.old``, temporary -> ``NAME``) with SIGINT/SIGTERM deferred. A
+process killed between the renames leaves a complete hidden copy: :func:`resolve` reads it, and
+:func:`recover` (called by training under the run folder's lock) renames it back into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +45,95 @@ TRAIN_STATE_FORMAT = "metashot-train-state-1"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, tampered with, truncated or does not match its model."""
+
+
+# Fault injection: called with the name of each step of a checkpoint write ("written": the temporary
+# folder is complete; "moved_old": the old folder is renamed away; "moved_new": the new one is in
+# place; "cleaned": the old copy is removed). Tests replace it with a function that raises or copies the disk.
+def _fault_point(stage: str) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them to the handlers that were
+    installed before (in the order they came): a checkpoint write is never cut between its renames."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, sigs):
+        yield  # (handlers installed outside Python cannot be put back)
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in received:
+            signal.raise_signal(s)
+
+
+def _hidden_copies(path: Path) -> list[Path]:
+    """The hidden folders that writes of checkpoint ``path`` leave beside it (``.NAME.old`` and temporary
+    ``.NAME.xxxxxxxx``), newest first, the ``.old`` copy last."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.([a-z0-9_]{{8}}|old)$")
+    try:
+        entries = [e for e in path.parent.iterdir() if pattern.match(e.name) and e.is_dir()]
+    except OSError:
+        return []
+
+    def order(e: Path) -> tuple[int, float]:
+        try:
+            return (e.name.endswith(".old"), -e.stat().st_mtime)
+        except OSError:
+            return (True, 0.0)
+    return sorted(entries, key=order)
+
+
+def is_complete(folder: Path) -> bool:
+    """``folder`` holds a readable ``config.json`` and weights that match its SHA-256."""
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+        return (isinstance(meta, dict) and meta.get("format") == FORMAT
+                and sha256_file(folder / WEIGHTS) == meta.get("weights_sha256"))
+    except (OSError, ValueError):
+        return False
+
+
+def complete_copy(path: str | Path) -> Path | None:
+    """If checkpoint folder ``path`` is missing (a write was killed between its two renames), the newest
+    complete hidden copy of it; else None. Reads only."""
+    path = Path(path)
+    if path.exists():
+        return None
+    return next((c for c in _hidden_copies(path) if is_complete(c)), None)
+
+
+def clean_hidden_copies(path: str | Path) -> list[Path]:
+    """Remove the hidden leftovers of writes of checkpoint ``path``; returns what was removed."""
+    removed = _hidden_copies(Path(path))
+    for c in removed:
+        shutil.rmtree(c, ignore_errors=True)
+    return removed
+
+
+def recover(path: str | Path) -> bool:
+    """Repair checkpoint folder ``path`` after a killed write: if it is missing but a complete hidden copy
+    exists, rename that into place (with a warning); then remove the leftovers. Only for the process that
+    owns the folder (training holds the run folder's lock). Returns True if a copy was restored."""
+    path = Path(path)
+    copy = complete_copy(path)
+    if copy is not None:
+        os.replace(copy, path)
+        warnings.warn(f"checkpoint {path} was missing (a write was interrupted between its renames); "
+                      f"restored it from the complete copy {copy.name}", stacklevel=2)
+    if (path / CONFIG).is_file():
+        clean_hidden_copies(path)
+    return copy is not None
 
 
 def sha256_file(path: Path) -> str:
@@ -62,35 +163,40 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        ext_keys, ext_digests = external_state(learner)
-        state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()
-                 if k not in ext_keys}
-        save_file(state, str(tmp / WEIGHTS))
-        meta = {
-            "format": FORMAT,
-            "algorithm": learner.algorithm_name,
-            "learner_args": learner.config_dict(),
-            "config": config,
-            "weights_sha256": sha256_file(tmp / WEIGHTS),
-            **({"external_weights": ext_digests} if ext_digests else {}),
-            **(extra or {}),
-        }
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if train_state is not None:
-            save_train_state(tmp, *train_state)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+    with deferred_signals():
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        old = path.with_name(f".{path.name}.old")
+        try:
+            ext_keys, ext_digests = external_state(learner)
+            state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()
+                     if k not in ext_keys}
+            save_file(state, str(tmp / WEIGHTS))
+            if train_state is not None:
+                save_train_state(tmp, *train_state)
+            meta = {
+                "format": FORMAT,
+                "algorithm": learner.algorithm_name,
+                "learner_args": learner.config_dict(),
+                "config": config,
+                "weights_sha256": sha256_file(tmp / WEIGHTS),
+                **({"external_weights": ext_digests} if ext_digests else {}),
+                **(extra or {}),
+            }
+            (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))  # last: marks it complete
+            _fault_point("written")
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                _fault_point("moved_old")
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _fault_point("moved_new")
+        except BaseException:
+            if not path.exists() and is_complete(old):
+                os.replace(old, path)  # never leave the name empty: the previous checkpoint comes back
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        clean_hidden_copies(path)  # .NAME.old and the leftovers of earlier killed writes
+        _fault_point("cleaned")
     return path
 
 
@@ -171,9 +277,14 @@ def resolve(name_or_path: str | Path) -> Path:
         return p
     if p.name == CONFIG and p.is_file():
         return p.parent
-    for sub in ("best", "final", "last"):
-        if (p / sub / CONFIG).is_file():
-            return p / sub
+    for folder in (p, p / "best", p / "final", p / "last"):
+        if folder is not p and (folder / CONFIG).is_file():
+            return folder
+        copy = complete_copy(folder) if folder.parent.is_dir() else None
+        if copy is not None:  # a write was killed between its renames: read the complete copy
+            warnings.warn(f"checkpoint {folder} is missing (a write was interrupted); using its complete "
+                          f"copy {copy}", stacklevel=2)
+            return copy
     b = bundled_path(str(name_or_path))
     if b is not None:
         return b
@@ -188,9 +299,31 @@ def read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads((path / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path}: {CONFIG} is unreadable ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: {path / CONFIG} holds a JSON {type(meta).__name__}, "
+                              f"not an object: not a metashot checkpoint config (re-create or download it)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: format {meta.get('format')!r} is not {FORMAT!r}")
     return meta
+
+
+def _model_section(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta["config"]["model"]``, or an error naming the file and the missing key."""
+    if meta.get("kind") == "rl-policy":
+        raise CheckpointError(f"checkpoint {path} is a reinforcement-learning policy; use metashot rl eval")
+    where = f"checkpoint {path}: {path / CONFIG}"
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where} has no 'config' object (the run's configuration); "
+                              f"re-create the checkpoint")
+    model = cfg.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{where} has no 'config.model' object (the model's algorithm and backbone); "
+                              f"re-create the checkpoint")
+    missing = [k for k in ("algorithm", "backbone") if k not in model]
+    if missing:
+        raise CheckpointError(f"{where}: 'config.model' lacks {', '.join(repr(k) for k in missing)}")
+    return model
 
 
 def read_weights(path: Path, meta: dict[str, Any],
@@ -220,7 +353,7 @@ def load_checkpoint(
     path = resolve(name_or_path)
     meta = read_meta(path)
     state = read_weights(path, meta, device)
-    model_cfg = meta["config"]["model"]
+    model_cfg = _model_section(path, meta)
     learner = build_learner(model_cfg, meta.get("learner_args"))
     ext_keys, ext_digests = external_state(learner)
     recorded = meta.get("external_weights", {})

@@ -4,13 +4,23 @@
     clf.fit(images, labels)          # a support set: PIL images, paths or uint8 arrays; any hashable labels
     clf.predict(new_images)          # -> labels
     clf.predict_proba(new_images)    # -> [n, n_classes], columns in the order of clf.classes_
+    clf.score(images, labels)        # -> accuracy in [0, 1]
 
 Images are preprocessed exactly as the checkpoint's training data (size, channels, ink polarity, filter).
+Inputs that do not look like the checkpoint's domain (colour photos for a grayscale drawing model, drawings
+that are already inverted) give one warning per call; already-inverted drawings are used as they are.
+
+A checkpoint may record a ``temperature`` (config.json, fitted on validation episodes by
+benchmarks/calibration.py): ``decision_function`` and ``predict_proba`` divide the logits by it, so the
+probabilities are calibrated while the predicted labels (and the accuracy) stay the same.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import warnings
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +30,8 @@ import numpy as np
 import torch
 
 from metashot.algorithms.base import MetaLearner, Predictor
-from metashot.checkpoint import load_checkpoint
-from metashot.data.preprocess import ImageSpec, preprocess, to_float
+from metashot.checkpoint import CheckpointError, load_checkpoint
+from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, ImageSpec, preprocess_checked, to_float
 
 
 class NotFittedError(RuntimeError):
@@ -49,6 +59,29 @@ class FewShotClassifier:
         self._predictor: Predictor | None = None
         # Text checkpoints (metashot.text): inputs are sentences, encoded by this sentence encoder.
         self.text_encoder: str | None = self.meta.get("text_encoder")
+        self.temperature = _temperature(self.meta.get("temperature", 1.0))
+        self.source: str | None = None  # the name or folder it was loaded from, for repr
+
+    def __repr__(self) -> str:
+        m = self.meta
+        model = m.get("config", {}).get("model", {}) if isinstance(m.get("config"), dict) else {}
+        parts = [f"{k}={v!r}" for k, v in (("checkpoint", self.source), ("algorithm", m.get("algorithm")),
+                                           ("backbone", model.get("backbone"))) if v is not None]
+        if self.text_encoder is not None:
+            parts.append(f"input=sentences ({self.text_encoder})")
+        elif self.image_spec is not None:
+            s = self.image_spec
+            parts.append(f"input='{s.channels}x{s.size}x{s.size}{' inverted' if s.invert else ''}'")
+        if self.temperature != 1.0:
+            parts.append(f"temperature={self.temperature:g}")
+        if self.classes_ is None:
+            parts.append("not fitted")
+        else:
+            shown = ", ".join(repr(c) for c in self.classes_[:5])
+            shown += ", ..." if len(self.classes_) > 5 else ""
+            parts.append(f"classes_=[{shown}] ({len(self.classes_)})")
+        parts.append(f"device='{self.device}'")
+        return f"FewShotClassifier({', '.join(parts)})"
 
     def _to_tensor(self, images: Any, what: str) -> torch.Tensor:
         if isinstance(images, torch.Tensor) and images.dtype != torch.uint8:
@@ -65,18 +98,37 @@ class FewShotClassifier:
             raise ValueError(f"{what}: this checkpoint has no image preprocessing; pass float tensors")
         spec = self.image_spec
 
-        def one(i: int) -> np.ndarray:
-            return preprocess(images[i], spec, source=f"{what}[{i}]")
+        def one(i: int) -> tuple[np.ndarray, set[str]]:
+            return preprocess_checked(images[i], spec, source=f"{what}[{i}]")
 
         # Decoding and resizing release the GIL: a few threads overlap them (a 12-megapixel JPEG takes ~10 ms
         # even at 1/8 scale). map() keeps the order and re-raises the first error, which names the file.
         workers = min(4, os.cpu_count() or 1, len(images))
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
-                arr = np.stack(list(pool.map(one, range(len(images)))))
+                done = list(pool.map(one, range(len(images))))
         else:
-            arr = np.stack([one(i) for i in range(len(images))])
+            done = [one(i) for i in range(len(images))]
+        self._warn_domain(images, [n for _, n in done], what)
+        arr = np.stack([a for a, _ in done])
         return to_float(torch.from_numpy(arr)).to(self.device)
+
+    def _warn_domain(self, images: Any, notes: list[set[str]], what: str) -> None:
+        """One warning for the whole call, naming the inputs that do not look like the checkpoint's domain."""
+        spec = self.image_spec
+        lines = []
+        colour = (f"look like colour photos, but this model takes {spec.size}x{spec.size} grayscale images"
+                  f"{' of drawings' if spec.invert else ''}; its predictions for them are unreliable")
+        inverted = ("are light ink on a dark background (already inverted); this model expects dark ink on "
+                    "white paper, so they were used as they are, not inverted again")
+        for note, says in ((COLOUR, colour), (LIGHT_ON_DARK, inverted)):
+            hit = [i for i, n in enumerate(notes) if note in n]
+            if hit:
+                names = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
+                         for i in hit[:5]]
+                lines.append(f"{len(hit)} of {len(notes)} {what} {says} (e.g. {', '.join(names)})")
+        if lines:
+            warnings.warn("; ".join(lines), UserWarning, stacklevel=_caller_level())
 
     def fit(self, images: Any, labels: Sequence[Hashable]) -> FewShotClassifier:
         """Adapt to a new support set (replacing any previous one). Returns self."""
@@ -104,7 +156,7 @@ class FewShotClassifier:
         return self
 
     def decision_function(self, images: Any) -> np.ndarray:
-        """Raw scores (logits) [n, n_classes]."""
+        """Scores (logits divided by the checkpoint's calibration temperature) [n, n_classes]."""
         if self._predictor is None:
             raise NotFittedError("call fit(images, labels) with a support set before predicting")
         x = self._to_tensor(images, "predict images")
@@ -113,7 +165,8 @@ class FewShotClassifier:
         with ctx():
             for i in range(0, len(x), self.batch_size):
                 out.append(self._predictor(x[i : i + self.batch_size]).detach().float().cpu())
-        return torch.cat(out).numpy()
+        logits = torch.cat(out)
+        return (logits / self.temperature if self.temperature != 1.0 else logits).numpy()
 
     def predict_proba(self, images: Any) -> np.ndarray:
         logits = torch.from_numpy(self.decision_function(images))
@@ -123,13 +176,43 @@ class FewShotClassifier:
         scores = self.decision_function(images)
         return self.classes_[scores.argmax(1)]
 
+    def score(self, images: Any, labels: Sequence[Hashable]) -> float:
+        """Accuracy (a fraction in [0, 1]) of ``predict(images)`` against ``labels``, as in scikit-learn."""
+        labels = list(labels)
+        if len(labels) != len(images):
+            raise ValueError(f"score: {len(images)} images but {len(labels)} labels")
+        pred = self.predict(images)
+        return float(np.mean([p == t for p, t in zip(pred, labels, strict=True)]))
+
+
+def _caller_level() -> int:
+    """The stacklevel that points a warning at the first frame outside this file (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _temperature(value: Any, where: str = "checkpoint") -> float:
+    """The calibration temperature of a checkpoint's config.json: a positive finite number (default 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{where}: config.json key 'temperature' must be a positive number, got {value!r}")
+    return float(value)
+
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
     """Load a checkpoint (a folder, a run folder, or a bundled name such as ``protonet-omniglot``)."""
     learner, meta = load_checkpoint(name_or_path, device)
+    try:
+        _temperature(meta.get("temperature", 1.0), f"checkpoint {name_or_path}")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     spec = ImageSpec.from_dict(meta["image_spec"]) if meta.get("image_spec") else None
     from metashot.text.glue import text_encoder_of
 
     if text_encoder_of(meta):
         meta = dict(meta, text_encoder=text_encoder_of(meta))
-    return FewShotClassifier(learner, spec, device, meta=meta)
+    clf = FewShotClassifier(learner, spec, device, meta=meta)
+    clf.source = str(name_or_path)
+    return clf

@@ -1,13 +1,16 @@
 """Typed run configuration, read from YAML presets (``configs/*.yaml``) with ``--set key=value`` overrides.
 
-Unknown keys and wrongly typed values are errors that name the key, so a typo never silently trains the
-wrong model.
+Unknown keys, wrongly typed values and values out of their range (:data:`RANGES`) are errors that name the
+key, so a typo never silently trains the wrong model. Numbers may be written in any spelling a person types
+(``1e-3``, ``1E-3``, ``.5``, ``5.``, ``1_000``, ``-inf``), including the ones YAML 1.1 reads as strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +115,69 @@ class Config:
         return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``lo``..``hi``, each end included or not (an open end at infinity
+    excludes infinity itself; NaN is never in a range)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""  # what special values mean, e.g. "0 = off"
+
+    def __contains__(self, v: float) -> bool:
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def end(x: float) -> str:
+            return "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}"
+
+        text = f"{'(' if self.lo_open else '['}{end(self.lo)}, {end(self.hi)}{')' if self.hi_open else ']'}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+_AT_LEAST_1 = Range(1, math.inf, hi_open=True)
+_AT_LEAST_0 = Range(0, math.inf, hi_open=True)
+_OFF_OR_EVERY = Range(0, math.inf, hi_open=True, note="0 = off")
+_FRACTION = Range(0, 1)
+
+#: Allowed range of every numeric key, per configuration class (null, where a key allows it, is always fine).
+#: Other configuration dataclasses built with :func:`_build` may add their own entries.
+RANGES: dict[type, dict[str, Range]] = {
+    DataConfig: {"image_size": _AT_LEAST_1},
+    EpisodeConfig: {
+        "ways": _AT_LEAST_1, "shots": _AT_LEAST_1, "queries": _AT_LEAST_1, "meta_batch": _AT_LEAST_1,
+        "within_group": _FRACTION, "group_depth": _AT_LEAST_1,
+    },
+    TrainConfig: {
+        "steps": Range(0, math.inf, hi_open=True, note="0 = nothing to train"),
+        "momentum": Range(0, 1, hi_open=True),
+        "lr": _AT_LEAST_0,
+        "weight_decay": _AT_LEAST_0,
+        "lr_step": _AT_LEAST_1,
+        "lr_gamma": Range(0, math.inf, lo_open=True, hi_open=True),
+        "grad_clip": Range(0, math.inf, hi_open=True, note="0 or null = off"),
+        "seed": _AT_LEAST_0,
+        "threads": _AT_LEAST_1,
+        "log_every": _AT_LEAST_1,
+        "val_every": _OFF_OR_EVERY,
+        "val_episodes": _AT_LEAST_1,
+        "val_seed": _AT_LEAST_0,
+        "checkpoint_every": Range(0, math.inf, hi_open=True, note="0 = only at the end"),
+        "early_stop_patience": Range(0, math.inf, hi_open=True, note="0 = never"),
+        "target_val_acc": Range(0, 100, note="percent"),
+        "lr_min": _AT_LEAST_0,
+    },
+    EvalConfig: {
+        "ways": _AT_LEAST_1, "shots": _AT_LEAST_1, "queries": _AT_LEAST_1, "episodes": _AT_LEAST_1,
+        "seed": _AT_LEAST_0, "meta_batch": _AT_LEAST_1,
+    },
+}
+
+
 def _build(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(d).__name__}")
@@ -127,6 +193,11 @@ def _build(cls: type, d: Any, where: str) -> Any:
             kwargs[k] = _build(t, v, f"{where}.{k}")
         else:
             kwargs[k] = _coerce(v, t, f"{where}.{k}")
+            allowed = RANGES.get(cls, {}).get(k)
+            value = kwargs[k]
+            if allowed is not None and isinstance(value, (int, float)) and value not in allowed:
+                kind = "an integer" if isinstance(value, int) else "a number"
+                raise ValueError(f"{where}.{k}: {value!r} is out of range; expected {kind} in {allowed}")
     return cls(**kwargs)
 
 
@@ -151,10 +222,14 @@ def _coerce(v: Any, t: Any, where: str) -> Any:
             return v
         raise ValueError(f"{where}: expected true/false, got {v!r}")
     if t is int:
+        if isinstance(v, str):
+            v = _number(v, where, "an integer")
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
             raise ValueError(f"{where}: expected an integer, got {v!r}")
         return int(v)
     if t is float:
+        if isinstance(v, str):
+            v = _number(v, where, "a number")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"{where}: expected a number, got {v!r}")
         return float(v)
@@ -167,6 +242,24 @@ def _coerce(v: Any, t: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a mapping, got {v!r}")
         return dict(v)
     return v
+
+
+# A decimal number as people type it (YAML 1.1 reads 1e-3, 1E3 and -inf as strings): digits with single
+# underscores between them, an optional fraction and exponent; or inf / infinity / nan (YAML's dot optional).
+_DIGITS = r"\d(?:_?\d)*"
+_DECIMAL = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
+_SPECIAL = re.compile(r"[+-]?\.?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def _number(text: str, where: str, kind: str) -> int | float:
+    """``text`` as an int (integer spelling) or a float, or ValueError naming ``where``."""
+    t = text.strip()
+    if _SPECIAL.fullmatch(t):
+        return float(t.replace(".", ""))
+    if not _DECIMAL.fullmatch(t):
+        raise ValueError(f"{where}: expected {kind}, got {text!r}")
+    t = t.replace("_", "")
+    return float(t) if any(c in t for c in ".eE") else int(t)
 
 
 def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
     A learner whose backbone has a frozen pretrained trunk (:func:`metashot.nn.pretrained.frozen_trunk`)
     sees every image's trunk features computed once (``cache_features``); the episodes are the same tasks
     either way, since sampling depends only on the store's class sizes and the seed.
+
+    Raises:
+        ValueError: ``episodes`` or ``meta_batch`` < 1, or the model's logits hold NaN/Inf.
     """
     if episodes < 1:
         raise ValueError(f"evaluate: episodes must be >= 1, got {episodes}")
@@ -68,6 +71,13 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
                 batch = _concat(batches).to(device)
                 with ctx():
                     logits = learner.predict_batch(batch)
+                if not bool(torch.isfinite(logits).all()):
+                    bad = int((~torch.isfinite(logits)).sum())
+                    raise ValueError(
+                        f"evaluate: the model's logits are not finite ({bad} of {logits.numel()} NaN/Inf in "
+                        f"episodes {start}..{stop - 1}); its weights or batch-norm statistics probably hold "
+                        f"NaN/Inf (a diverged run), so an accuracy would be meaningless"
+                    )
                 accs[start:stop] = (logits.argmax(-1) == batch.query_y).double().mean(-1).cpu().numpy()
                 bar.update(stop - start)
     finally:

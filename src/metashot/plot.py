@@ -58,6 +58,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def train_acc_percent(records: list[dict[str, Any]]) -> list[float]:
+    """Training accuracies in percent. The Trainer logs percent; runs written before it did logged fractions
+    in [0, 1] (all values <= 1, which percent accuracies of N-way classification never are in a run)."""
+    acc = [float(r["acc"]) for r in records]
+    return [100 * a for a in acc] if max(acc, default=0.0) <= 1.0 else acc
+
+
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the learning curves of ``run_dir`` as a PNG (default RUN_DIR/learning_curves.png); its path.
 
@@ -73,7 +80,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         ax_loss.plot(steps, [r["loss"] for r in train], color="tab:blue", lw=1.2, label="train loss")
         with_acc = [r for r in train if "acc" in r]  # regression runs log no accuracy
         if with_acc:
-            ax_acc.plot([r["step"] for r in with_acc], [100 * r["acc"] for r in with_acc], color="tab:blue",
+            ax_acc.plot([r["step"] for r in with_acc], train_acc_percent(with_acc), color="tab:blue",
                         lw=1.2, label="train (meta-batch)")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("meta-loss")

@@ -5,7 +5,7 @@ It knows nothing about the algorithm: step ``s`` (0-based) draws batch ``s`` fro
 and takes an optimizer step. A run folder holds:
 
 - ``config.yaml``: the run's configuration (JSON, which is valid YAML); ``metashot train --resume`` reads it.
-- ``metrics.jsonl``: one JSON line per logging step (``step``, ``loss``, ``acc`` in [0, 1], ``lr``,
+- ``metrics.jsonl``: one JSON line per logging step (``step``, ``loss``, ``acc`` in percent, ``lr``,
   ``grad_norm``, ``steps_per_s``, ``episodes_per_s``, ``elapsed_s``) and one per validation (``val_acc``,
   ``val_ci95`` in percent). ``metashot plot RUN_DIR`` draws them.
 - ``last/``: the resumable checkpoint (weights + ``train_state.safetensors`` / ``train_state.json``: optimizer
@@ -13,10 +13,16 @@ and takes an optimizer step. A run folder holds:
   SIGINT/SIGTERM and at the end; ``best/``: best validation accuracy; ``final/``: the end of training.
   Every checkpoint is written to a temporary folder and renamed into place: a crash never leaves half a file.
 - ``summary.json``: the outcome (steps, best validation accuracy, why it stopped).
+- ``.lock``: held (``flock``) while a process trains there, with its pid; a second one is refused.
+
+A fresh run in a used folder removes the old run's checkpoints, summary and log first (with a warning), so a
+folder never mixes two runs; a resumed one restores a checkpoint whose swap was killed between its renames.
 
 Resuming restores everything the next step depends on, so an interrupted and resumed run ends with exactly the
-parameters of an uninterrupted one. A non-finite loss or gradient stops training before the optimizer step,
-with an error naming the step; no checkpoint is ever written with non-finite weights.
+parameters of an uninterrupted one. A non-finite loss, gradient or buffer (batch-norm running statistics,
+checked after every step) stops training before the optimizer step, and a parameter made non-finite by the
+update stops it right after, with an error naming the step; no checkpoint is ever written with non-finite
+weights.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,19 +45,20 @@ from tqdm.auto import tqdm
 
 from metashot.algorithms.base import MetaLearner
 from metashot.checkpoint import (
-    WEIGHTS,
     CheckpointError,
     build_learner,
     load_train_state,
     read_meta,
+    read_weights,
+    recover,
     save_checkpoint,
-    sha256_file,
 )
 from metashot.config import Config
 from metashot.data import load_split
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.distributed import DistContext
 from metashot.evaluate import evaluate
+from metashot.runfolder import clear_previous_run, lock_run
 
 LAST, BEST, FINAL = "last", "best", "final"
 METRICS = "metrics.jsonl"
@@ -336,16 +344,9 @@ class Trainer:
     def load_state(self, path: str | Path) -> None:
         """Resume from checkpoint ``path`` (usually ``RUN_DIR/last``): weights, optimizer, schedule, RNG,
         step, best metric. Raises :class:`CheckpointError` if it has no training state or does not fit."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         meta = read_meta(path)
-        if sha256_file(path / WEIGHTS) != meta.get("weights_sha256"):
-            raise CheckpointError(
-                f"checkpoint {path}: {WEIGHTS} does not match the SHA-256 in config.json; "
-                f"the file was modified or truncated"
-            )
-        state = load_file(str(path / WEIGHTS), device=str(self.device))
+        state = read_weights(path, meta, self.device)  # checks the SHA-256; unreadable files: CheckpointError
         try:
             self.learner.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -397,7 +398,8 @@ class Trainer:
         """One meta-update on batch ``self.step``; returns its metrics (averaged over ranks).
 
         Raises:
-            NonFiniteLossError: the loss or gradient norm is NaN/Inf (parameters are left untouched).
+            NonFiniteLossError: the loss, gradient norm or a buffer (batch-norm statistics) is NaN/Inf
+                (parameters and buffers are left untouched), or the update made a parameter NaN/Inf.
         """
         batch, weight = self._batch()
         buffers_before = [
@@ -420,22 +422,35 @@ class Trainer:
             metrics = {k: float(metrics[k]) for k in keys}
             self._stop_all = self._signal is not None
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        # the gradient norm and "every float buffer is finite" in one device sync: the forward pass updated
+        # the batch-norm running statistics, which can overflow while the loss stays finite
+        norm, buffers_ok = _norm_and_finite(grads, self.float_buffers, self.device)
         loss_value = metrics.get("loss", float(loss.detach()))
-        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+        if not (math.isfinite(loss_value) and math.isfinite(norm) and buffers_ok):
+            bad = [] if buffers_ok else _non_finite_names(self.learner.named_buffers())
             with torch.no_grad():
                 for b, saved in zip(self.learner.buffers(), buffers_before, strict=True):
                     b.copy_(saved)
             self.opt.zero_grad(set_to_none=True)
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            if not math.isfinite(loss_value):
+                what = f"loss ({loss_value})"
+            elif not math.isfinite(norm):
+                what = f"gradient norm ({norm})"
+            else:
+                what = f"buffer(s) {', '.join(bad)} (e.g. batch-norm running statistics)"
             raise NonFiniteLossError(
-                f"Trainer: non-finite {what} ({loss_value if what == 'loss' else norm}) "
-                f"at step {self.step + 1} "
-                f"(batch {self.step}); no update was applied"
+                f"Trainer: non-finite {what} at step {self.step + 1} (batch {self.step}); "
+                f"no update was applied"
             )
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, torch.tensor(norm))
         self.opt.step()
+        if self.params and not bool(torch.stack([torch.isfinite(q).all() for q in self.params]).all()):
+            bad = _non_finite_names(self.learner.named_parameters())
+            raise NonFiniteLossError(
+                f"Trainer: non-finite parameter(s) {', '.join(bad)} after the update of step {self.step + 1} "
+                f"(batch {self.step}); the weights in memory are no longer valid"
+            )
         self.sched.step()
         self.step += 1
         metrics["grad_norm"] = norm
@@ -481,15 +496,32 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``train.steps`` (or early stop / target / signal); returns the run summary.
 
+        Holds the run folder's lock throughout (:func:`metashot.runfolder.lock_run`). A fresh run (step 0)
+        in a used folder first removes the old run's checkpoints and summary, with a warning; a resumed one
+        restores checkpoints whose write was killed between its renames.
+        """
+        if not self.dist.is_main:
+            return self._fit()
+        with lock_run(self.out_dir):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
+        """:meth:`fit` under the run folder's lock.
+
         Raises:
-            NonFiniteLossError: NaN/Inf loss or gradient; ``last/`` and ``best/`` keep the last good weights.
+            NonFiniteLossError: NaN/Inf loss, gradient, buffer or updated parameter; training stops at that
+                step, ``summary.json`` records it and ``last/`` and ``best/`` keep the last good weights.
         """
         t = self.cfg.train
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / RUN_CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2))
-            if self.step == 0:  # a fresh run in a used folder: its log starts empty, not after the old one
-                _truncate_metrics(self.out_dir / METRICS, 0)
+            if self.step == 0:  # a fresh run in a used folder: nothing of the old run stays, its log included
+                clear_previous_run(self.out_dir)
+                (self.out_dir / METRICS).unlink(missing_ok=True)
+            else:
+                for name in (LAST, BEST, FINAL):
+                    recover(self.out_dir / name)
         self._open_tensorboard()
         total = int(getattr(self.source, "tasks_per_batch", self.cfg.episodes.meta_batch))
         t0 = time.perf_counter() - self.elapsed
@@ -535,18 +567,23 @@ class Trainer:
                     if self.step % t.log_every == 0 or self.step == t.steps:
                         now = time.perf_counter()
                         sps = (self.step - last_step) / max(now - last_t, 1e-9)
+                        mean = {k: sum(m[k] for m in self.window) / len(self.window) for k in self.window[-1]}
+                        # accuracies in percent in the log and the bar, like val_acc and metashot eval
+                        mean.update({k: 100.0 * v for k, v in mean.items() if k.endswith("acc")})
                         rec = {
                             "step": self.step,
                             "lr": self.opt.param_groups[0]["lr"],
-                            **{k: sum(m[k] for m in self.window) / len(self.window) for k in self.window[-1]},
+                            **mean,
                             "steps_per_s": sps,
                             "episodes_per_s": sps * total,
                             "elapsed_s": round(self.elapsed, 2),
                         }
                         self._log(rec)
-                        bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "acc") if k in rec})
+                        shown = [f"loss={rec['loss']:.3f}"] if "loss" in rec else []
+                        shown += [f"acc={rec['acc']:.1f}%"] if "acc" in rec else []
+                        bar.set_postfix_str(", ".join(shown))
                         self.window, last_t, last_step = [], now, self.step
-                    stop = self._validate_maybe(result, t0)
+                    stop = self._validate_maybe(result, t0, bar)
                     saved = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0
                     if saved:
                         self.save(LAST, with_state=True)
@@ -576,7 +613,7 @@ class Trainer:
         self.dist.barrier()
         return result
 
-    def _validate_maybe(self, result: dict[str, Any], t0: float) -> bool:
+    def _validate_maybe(self, result: dict[str, Any], t0: float, bar: Any = None) -> bool:
         """Validate if due (rank 0), keep best/, decide early stopping; True = stop (all ranks agree)."""
         t = self.cfg.train
         if (
@@ -587,7 +624,12 @@ class Trainer:
             return False
         decision: dict[str, Any] = {}
         if self.dist.is_main:
+            shown = bar.postfix if bar is not None and self.progress else None
+            if bar is not None and self.progress:  # validation can take a while: say so instead of freezing
+                bar.set_postfix_str(((shown + ", ") if shown else "") + "validating...", refresh=True)
             val = self.validate(self.learner)
+            if bar is not None and self.progress:
+                bar.set_postfix_str(shown or "", refresh=True)
             self._log(
                 {
                     "step": self.step,
@@ -615,14 +657,42 @@ class Trainer:
         return bool(decision)
 
 
+def _norm_and_finite(
+    grads: list[torch.Tensor], buffers: list[torch.Tensor], device: torch.device
+) -> tuple[float, bool]:
+    """(total gradient norm, whether every tensor of ``buffers`` is finite), read back in one sync."""
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    ok = [torch.isfinite(b).all() for b in buffers]
+    flag = torch.stack(ok).all() if ok else torch.ones((), dtype=torch.bool, device=norm.device)
+    value, finite = torch.stack([norm.float(), flag.to(norm.device).float()]).tolist()
+    return value, finite == 1.0
+
+
+def _non_finite_names(named: Iterator[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors of ``named`` that hold NaN/Inf."""
+    return [n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _truncate_metrics(path: Path, step: int, key: str = "step") -> None:
     """Drop log lines past ``step`` (written after the checkpoint we resume from), atomically; ``key`` names
     the step field (``iteration`` in meta-RL runs)."""
     if not path.is_file():
         return
-    keep = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= step
-    ]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    keep = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            rec = json.loads(line)
+            at = rec[key]
+        except (ValueError, KeyError, TypeError) as e:
+            if i == len(lines) - 1:  # torn by a crash in the middle of a write: the step is redone anyway
+                warnings.warn(f"{path}: dropping its unreadable last line {n} (cut short by a crash?)",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {n}: not a metrics record with {key!r} ({e}); repair or delete "
+                             f"that line to resume") from None
+        if at <= step:
+            keep.append(line)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
@@ -704,7 +774,12 @@ def run_config(run_dir: str | Path) -> Config:
     p = Path(run_dir) / RUN_CONFIG
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} is not a metashot run folder: {RUN_CONFIG} is missing")
-    return Config.from_dict(json.loads(p.read_text()), source=str(p))
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e}); the run's config was damaged: repair it or start a new "
+                         f"run from its YAML config") from e
+    return Config.from_dict(raw, source=str(p))
 
 
 def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | None = None) -> dict[str, Any]:
@@ -718,8 +793,11 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
     from metashot.frozen import fit_frozen, has_trainable_parameters
 
     if resume is None and not has_trainable_parameters(build_learner(dict(cfg.model.__dict__))):
-        return fit_frozen(cfg, progress)  # e.g. SimpleShot on a frozen pretrained backbone
+        with lock_run(cfg.out_dir()):  # e.g. SimpleShot on a frozen pretrained backbone
+            clear_previous_run(cfg.out_dir())
+            return fit_frozen(cfg, progress)
     ctx = distributed.init_from_env(cfg.train.device, cfg.train.dist_backend)
+    held = contextlib.ExitStack()
     try:
         out_dir = None
         if resume is not None:
@@ -730,6 +808,10 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
                     f"--resume {resume}: the config's model section {cfg.model} differs from the "
                     f"run's {saved.model}; resume with the run's own config"
                 )
+            if ctx.is_main:  # lock the folder before reading it; repair a last/ whose swap was killed
+                held.enter_context(lock_run(out_dir))
+                recover(out_dir / LAST)
+            ctx.barrier()
             if not (out_dir / LAST / "config.json").is_file():
                 raise FileNotFoundError(
                     f"--resume {resume}: no {LAST}/ checkpoint there (it is written every "
@@ -740,5 +822,6 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
             trainer.load_state(out_dir / LAST)
         return trainer.fit()
     finally:
+        held.close()
         if ctx.enabled:
             distributed.shutdown()

@@ -10,6 +10,7 @@ import hashlib
 import io
 import socket
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,11 +23,13 @@ from metashot.data import omniglot as om
 from metashot.data.download import DownloadError, download, md5sum
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, several read blocks
+MAX_BYTES_ENV = "METASHOT_DOWNLOAD_MAX_BYTES"
 
 
 class _Server:
     """Routes: /ok/<name> the file; /truncated announces more bytes than it sends, then closes; /stall sends
-    part of the body and stops; /missing is a 404."""
+    part of the body and stops; /drip sends one byte every 20 ms (for at most 4 s, then closes); /nolength
+    sends the file without a Content-Length; /missing is a 404."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
@@ -42,15 +45,28 @@ class _Server:
                 outer.hits.append(self.path)
                 kind, _, name = self.path.lstrip("/").partition("/")
                 body = outer.files.get(name)
-                if body is None or kind not in ("ok", "truncated", "stall"):
+                if body is None or kind not in ("ok", "truncated", "stall", "drip", "nolength"):
                     self.send_error(404, "not here")
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/zip")
-                self.send_header("Content-Length", str(len(body) + (1000 if kind == "truncated" else 0)))
+                if kind != "nolength":
+                    self.send_header("Content-Length", str(len(body) + (1000 if kind == "truncated" else 0)))
                 self.end_headers()
-                if kind == "ok":
+                if kind in ("ok", "nolength"):
                     self.wfile.write(body)
+                elif kind == "drip":
+                    stop = time.monotonic() + 4.0  # bounded: the client gives up long before
+                    try:
+                        for i in range(len(body)):
+                            if outer.release.is_set() or time.monotonic() > stop:
+                                break
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.02)
+                    except OSError:  # the client hung up
+                        pass
+                    self.close_connection = True
                 elif kind == "truncated":
                     self.wfile.write(body)
                     self.wfile.flush()
@@ -136,6 +152,37 @@ def test_stalled_server_times_out(server: _Server, tmp_path: Path) -> None:
         download(server.url("stall", "payload.bin"), tmp_path / "payload.bin", None, timeout=0.5,
                  progress=False)
     assert _left(tmp_path) == []
+
+
+def test_dripping_server_hits_the_deadline(server: _Server, tmp_path: Path) -> None:
+    """Every read returns within the per-read timeout, so only an overall deadline stops this."""
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"exceeded its deadline of 1 s after \d+ bytes.*DEADLINE"):
+        download(server.url("drip", "payload.bin"), tmp_path / "payload.bin", None, timeout=5, progress=False,
+                 deadline=1.0)
+    assert time.monotonic() - t0 < 2.5
+    assert _left(tmp_path) == []
+
+
+def test_size_cap(server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(DownloadError, match=f"announces {len(PAYLOAD)} bytes, more than the cap of 1000"):
+        download(server.url("ok", "payload.bin"), dest, None, timeout=5, progress=False, max_bytes=1000)
+    monkeypatch.setenv(MAX_BYTES_ENV, "70000")  # no Content-Length: the bytes received are counted
+    with pytest.raises(DownloadError, match="more than 70000 bytes received, the size cap"):
+        download(server.url("nolength", "payload.bin"), dest, None, timeout=5, progress=False)
+    assert _left(tmp_path) == []
+    monkeypatch.setenv(MAX_BYTES_ENV, str(len(PAYLOAD)))  # exactly the size is allowed
+    download(server.url("nolength", "payload.bin"), dest, None, timeout=5, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    monkeypatch.setenv(MAX_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_BYTES_ENV}='lots' is not a number"):
+        download(server.url("ok", "payload.bin"), dest, None, timeout=5, progress=False)
+
+
+def test_downloaded_file_is_readable_by_all(server: _Server, tmp_path: Path) -> None:
+    dest = download(server.url("ok", "payload.bin"), tmp_path / "p.bin", None, timeout=5, progress=False)
+    assert dest.stat().st_mode & 0o777 == 0o644
 
 
 def test_http_error_and_refused_connection(server: _Server, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from metashot.data import omniglot as omniglot_mod
+from metashot.data import store as store_mod
 from metashot.data.store import ClassStore, cached_store, fingerprint
 
 from ._helpers import child_report
@@ -190,3 +192,85 @@ def test_mmap_switch_reads_into_memory_with_identical_content(tmp_path, monkeypa
     assert "cache" in second.meta
     cache_files = list((tmp_path / "c").iterdir())
     assert cache_files and all(p.stat().st_mode & 0o044 == 0o044 for p in cache_files)  # readable by others
+
+
+def _flip_byte(path: Path, pos: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["bit_flip", "dtype", "shifted_offsets", "renamed_classes",
+                                    "unsorted_offsets", "no_digest"])
+def test_cache_content_is_verified(tmp_path: Path, source: Path, damage: str) -> None:
+    """Damage that keeps the entry loadable (same shape, same file size) must still be caught and rebuilt."""
+    build = _Builder([3, 4])
+    good = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    expected = good.images.clone()
+    npy = Path(good.meta["cache"])
+    js = npy.with_suffix(".json")
+    del good
+    info = json.loads(js.read_text())
+    if damage == "bit_flip":
+        _flip_byte(npy, npy.stat().st_size - 5)  # a pixel, not the header
+    elif damage == "dtype":
+        data = npy.read_bytes()
+        assert b"'|u1'" in data[:128]
+        npy.write_bytes(data.replace(b"'|u1'", b"'|i1'", 1))
+    elif damage == "shifted_offsets":
+        info["offsets"] = [0, 2, 7]
+    elif damage == "renamed_classes":
+        info["class_names"] = ["c1", "c0"]
+    elif damage == "unsorted_offsets":
+        info["offsets"] = [0, 8, 7]
+        info["digest"] = store_mod._info_digest(info)  # consistent digest: only the offsets check can see it
+    else:  # an entry written before digests existed
+        for k in ("digest", "npy_digest", "dtype"):
+            info.pop(k)
+    if damage not in ("bit_flip", "dtype"):
+        js.write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match=f"store cache {npy} .* failed verification"):
+        again = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2, f"a cache entry with {damage} must be rebuilt"
+    assert torch.equal(again.images, expected) and again.images.dtype == torch.uint8
+    assert again.class_names == ["c0", "c1"] and again.counts.tolist() == [3, 4]
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2, "the rebuilt entry verifies"
+
+
+def test_verified_stamp_skips_hashing_until_the_file_changes(tmp_path: Path, source: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[Path] = []
+    real = store_mod._file_digest
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(store_mod, "_file_digest", counting)
+    build = _Builder([2, 3])
+    npy = Path(cached_store("toy", [source], {}, build, cache_dir=tmp_path).meta["cache"])
+    stamp = npy.with_suffix(".verified")
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert len(hashed) == 2 and not stamp.exists(), "a file written within the racy window gets no stamp"
+    monkeypatch.setattr(store_mod, "_RACY_NS", -(10**18))  # as if the file were old
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert len(hashed) == 3 and stamp.is_file()
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert len(hashed) == 3, "a stamped, unchanged file is not hashed again"
+    copy = npy.with_name("copy.tmp")
+    copy.write_bytes(npy.read_bytes())
+    _flip_byte(copy, copy.stat().st_size - 1)
+    os.replace(copy, npy)
+    with pytest.warns(UserWarning, match="digest .* does not match"):
+        cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2
+
+
+def test_omniglot_reload_verifies_and_stays_fast(data_root: Path, tmp_path: Path) -> None:
+    """A verified reload (json checks plus one hash of the .npy) of an Omniglot store takes well under 1 s."""
+    first = omniglot_mod.omniglot("background_small1", data_root, cache_dir=tmp_path)
+    t0 = time.perf_counter()
+    again = omniglot_mod.omniglot("background_small1", data_root, cache_dir=tmp_path)
+    elapsed = time.perf_counter() - t0
+    assert torch.equal(again.images, first.images) and elapsed < 1.0, elapsed

@@ -56,3 +56,22 @@ def test_hashing_encoder_deterministic() -> None:
     np.testing.assert_array_equal(a, HashingEncoder().encode(texts))
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
     assert a[0] @ a[1] > 0.3 > abs(a[0] @ a[2])  # 3 shared n-grams of 9 vs none
+
+
+def test_quiet_silences_the_transformers_loading_bar(minilm, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--quiet (METASHOT_QUIET=1) also silences transformers' "Loading weights" bar at each load."""
+    from transformers.utils import logging as hf_logging
+
+    from metashot.text.encoder import MiniLMEncoder
+
+    capsys.readouterr()
+    monkeypatch.setenv("METASHOT_QUIET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # restored after the test
+    verbosity = hf_logging.get_verbosity()
+    try:
+        MiniLMEncoder()
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)

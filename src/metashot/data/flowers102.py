@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from metashot._env import data_root
+from metashot._env import data_root, quiet
 from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
@@ -90,7 +90,7 @@ def flowers102(split: str = "all", root: Path | None = None, image_size: int = 8
         out = np.empty((len(files), spec.channels, spec.size, spec.size), dtype=np.uint8)
         zf = zipfile.ZipFile(src) if src.is_file() else None
         try:
-            bar = tqdm(files, desc=f"decode Flowers-102 {split}", unit="img", leave=False)
+            bar = tqdm(files, desc=f"decode Flowers-102 {split}", unit="img", leave=False, disable=quiet())
             for i, (_, f) in enumerate(bar):
                 where = f"{src}:{f}" if zf is not None else f
                 try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from metashot._env import quiet
 from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
@@ -44,9 +45,15 @@ def list_folder(root: Path) -> dict[str, list[Path]]:
         raise ValueError(f"image folder {root} has no class subfolders; expected "
                          f"{root}/<class>/<image>.png.{hint}")
     stray = [p.name for p in entries if not p.is_dir()]
-    if stray:
-        warnings.warn(f"image folder {root}: ignoring {len(stray)} file(s) beside the class folders: "
-                      f"{stray[:5]}", stacklevel=2)
+    # Everything skipped goes into ONE warning that names every entry (as `metashot predict`'s query side).
+    skipped = [f"beside the class folders: {stray}"] if stray else []
+    n_skipped = len(stray)
+
+    def warn_skipped() -> None:
+        if skipped:
+            warnings.warn(f"image folder {root}: ignoring {n_skipped} entr(ies) that are not images "
+                          f"({sorted(IMAGE_SUFFIXES)}): {'; '.join(skipped)}", stacklevel=3)
+
     out: dict[str, list[Path]] = {}
     for c in classes:
         files, ignored = [], []
@@ -61,19 +68,57 @@ def list_folder(root: Path) -> dict[str, list[Path]]:
             else:
                 ignored.append(p.name)
         if ignored:
-            warnings.warn(f"image folder {root}: class {c.name!r}: ignoring {len(ignored)} entr(ies) that "
-                          f"are not images ({sorted(IMAGE_SUFFIXES)}): {ignored[:5]}", stacklevel=2)
+            skipped.append(f"in class {c.name!r}: {ignored}")
+            n_skipped += len(ignored)
         if not files:
+            warn_skipped()  # what was seen so far, before the error
             raise ValueError(f"image folder {root}: class folder {c.name!r} holds no images "
                              f"(looked for {sorted(IMAGE_SUFFIXES)})")
         out[c.name] = files
+    warn_skipped()
     return out
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under ``root`` (any depth), sorted: the query side of ``metashot predict``.
+
+    The same rules as :func:`list_folder`: hidden entries are not data; files with other suffixes are skipped
+    with ONE warning that names every one of them; an image entry that cannot be read (a broken link, not a
+    regular file) is an error naming it, and so is a corrupt image when it is decoded.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or an image entry is a broken link / not a regular file.
+        ValueError: ``root`` holds no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"query folder {root} {what}")
+    images, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or p.is_dir():
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(str(rel))
+        elif not p.is_file():
+            raise FileNotFoundError(f"query folder {root}: image {p} cannot be read (a broken link or not a "
+                                    f"regular file); fix or remove it")
+        else:
+            images.append(p)
+    if skipped:
+        warnings.warn(f"query folder {root}: ignoring {len(skipped)} file(s) that are not images "
+                      f"({sorted(IMAGE_SUFFIXES)}): {skipped}", stacklevel=2)
+    if not images:
+        raise ValueError(f"query folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
+    return images
 
 
 def decode_files(files: list[Path], spec: ImageSpec, desc: str) -> np.ndarray:
     """Decode and preprocess ``files`` into uint8 [len(files), C, size, size]; errors name the file."""
     out = np.empty((len(files), spec.channels, spec.size, spec.size), dtype=np.uint8)
-    for i, f in enumerate(tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500)):
+    bar = tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500 or quiet())
+    for i, f in enumerate(bar):
         out[i] = preprocess(f, spec, source=str(f))
     return out
 

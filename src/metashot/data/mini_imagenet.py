@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from metashot._env import data_root
+from metashot._env import data_root, quiet
 from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
 
@@ -132,7 +132,8 @@ def mini_imagenet(split: str = "train", root: Path | None = None, image_size: in
             names = sorted(by_class)
             files = [f for n in names for f in by_class[n]]
             out = np.empty((len(files), 3, spec.size, spec.size), dtype=np.uint8)
-            bar = tqdm(files, desc=f"decode mini-ImageNet {split}", unit="img", leave=False)
+            bar = tqdm(files, desc=f"decode mini-ImageNet {split}", unit="img", leave=False,
+                       disable=quiet())
             for i, fn in enumerate(bar):
                 out[i] = preprocess(s.open_image(fn), spec, source=fn)
             return out, [len(by_class[n]) for n in names], names

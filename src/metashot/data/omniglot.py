@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from metashot._env import data_root
+from metashot._env import data_root, quiet
 from metashot.data.download import DownloadError, download
 from metashot.data.preprocess import ImageSpec, preprocess
 from metashot.data.store import ClassStore, cached_store
@@ -147,7 +147,7 @@ def _decode_part(src: Path, part: str, spec: ImageSpec) -> tuple[np.ndarray, lis
     counts, i = [], 0
     zf = zipfile.ZipFile(src) if src.is_file() else None
     try:
-        with tqdm(total=len(entries), desc=f"decode {part}", unit="img", leave=False) as bar:
+        with tqdm(total=len(entries), desc=f"decode {part}", unit="img", leave=False, disable=quiet()) as bar:
             for name in names:
                 members = by_class[name]
                 for member in members:

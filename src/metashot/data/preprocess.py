@@ -107,6 +107,8 @@ class ImageSpec:
 def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Image.Image:
     """Accept a PIL image, a file path, or a uint8 numpy array / torch tensor (HxW, HxWxC or CxHxW).
 
+    Bool arrays (what ``np.array`` gives for a 1-bit PNG such as Omniglot's) are read as True = 255 (white).
+
     ``min_side``: a JPEG file is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= it
     (libjpeg's DCT scaling): a 12-megapixel phone photo headed for a 224-pixel model decodes several times
     faster.
@@ -131,6 +133,8 @@ def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Im
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
         arr = image
+        if arr.dtype == np.bool_:  # np.array(Image.open(png)) of a 1-bit PNG (Omniglot's): True is white
+            arr = arr.astype(np.uint8) * 255
         if arr.dtype != np.uint8:
             raise ValueError(f"{source}: array images must be uint8 (0..255), got dtype {arr.dtype}")
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -141,7 +145,7 @@ def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Im
             raise ValueError(f"{source}: array image must be HxW, HxWxC or CxHxW, got shape {arr.shape}")
         return Image.fromarray(arr)
     raise TypeError(f"{source}: unsupported image type {type(image).__name__}; use a PIL image, path or "
-                    f"uint8 array")
+                    f"uint8 (or bool) array")
 
 
 def _exif_upright(im: Image.Image, path: Path) -> Image.Image:
@@ -154,8 +158,37 @@ def _exif_upright(im: Image.Image, path: Path) -> Image.Image:
         return im.copy()
 
 
+# Input checks of users' images (preprocess_checked): a pixel is "colourful" when its largest and smallest
+# channel differ by more than _CHROMA; an image is a colour photo when more than _COLOUR_FRACTION of its
+# pixels are. Pen strokes in blue ink on white paper stay far below that fraction.
+_CHROMA = 48
+_COLOUR_FRACTION = 0.2
+LIGHT_ON_DARK = "light ink on a dark background"
+COLOUR = "colour photo"
+
+
 def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray:
     """Return a uint8 array [C, H, W] for one raw image, following ``spec``."""
+    return _preprocess(image, spec, source, check=False)[0]
+
+
+def preprocess_checked(image: Any, spec: ImageSpec, source: str = "image") -> tuple[np.ndarray, set[str]]:
+    """``preprocess`` for users' images: also notes inputs that do not look like the checkpoint's domain.
+
+    Returns (uint8 [C, H, W], notes); notes may hold:
+
+    - ``LIGHT_ON_DARK``: for a spec with ``invert`` and 1 channel (drawings, dark ink on white paper, which
+      the model sees inverted), an image whose median grey level is below 128, i.e. most pixels are dark: the
+      drawing is already inverted (white ink on black). It is used as it is, not inverted a second time, so
+      the model sees bright ink on a dark background either way.
+    - ``COLOUR``: for a 1-channel spec, an image with many strongly coloured pixels (a colour photo given to
+      a grayscale model); it is processed as usual, the caller warns.
+    """
+    return _preprocess(image, spec, source, check=True)
+
+
+def _preprocess(image: Any, spec: ImageSpec, source: str, check: bool) -> tuple[np.ndarray, set[str]]:
+    notes: set[str] = set()
     if source == "image" and isinstance(image, (str, Path)):
         source = str(image)
     # Reduced JPEG decoding only for the photo pipeline (crop_pct set), so older checkpoints see the same
@@ -165,10 +198,17 @@ def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray
     if im.width < 1 or im.height < 1:
         raise ValueError(f"{source}: the image is empty ({im.width}x{im.height} pixels)")
     mode = "L" if spec.channels == 1 else "RGB"
+    if check and spec.channels == 1 and im.mode not in ("1", "L", "LA", "La", "I", "F") \
+            and not im.mode.startswith("I;16") and _is_colour_photo(im):
+        notes.add(COLOUR)
     try:
         im = _to_mode(im, mode)
     except ValueError as e:
         raise ValueError(f"{source}: cannot convert a PIL {im.mode} image to {mode}: {e}") from e
+    invert = spec.invert
+    if check and invert and mode == "L" and COLOUR not in notes and _median_grey(im) < 128:
+        notes.add(LIGHT_ON_DARK)
+        invert = False
     if spec.crop_pct is not None:
         im = _resize_centre_crop(im, spec.size, spec.crop_pct, _FILTERS[spec.resize_filter])
     elif im.size != (spec.size, spec.size):
@@ -178,9 +218,29 @@ def preprocess(image: Any, spec: ImageSpec, source: str = "image") -> np.ndarray
         arr = arr[None]
     else:
         arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
-    if spec.invert:
+    if invert:
         arr = 255 - arr
-    return arr
+    return arr, notes
+
+
+def _median_grey(im: Image.Image) -> float:
+    """Median grey level of an L image (of a <= 256-pixel copy of a larger one, which is as telling)."""
+    if max(im.size) > 256:
+        im = im.copy()
+        im.thumbnail((256, 256))
+    return float(np.median(np.asarray(im)))
+
+
+def _is_colour_photo(im: Image.Image) -> bool:
+    """True when over _COLOUR_FRACTION of the pixels of ``im`` (on white, at <= 64 px) are colourful."""
+    small = im.copy()
+    small.thumbnail((64, 64))
+    try:
+        rgb = np.asarray(_to_mode(small, "RGB"), dtype=np.int16)
+    except ValueError:
+        return False
+    chroma = rgb.max(-1) - rgb.min(-1)
+    return bool((chroma > _CHROMA).mean() > _COLOUR_FRACTION)
 
 
 def _to_mode(im: Image.Image, mode: str) -> Image.Image:

@@ -9,6 +9,16 @@ source files (path, size, modification time) and the preprocessing, so a changed
 image size never reuses a stale cache. Later loads memory-map the ``.npy`` (copy-on-write), which takes
 milliseconds whatever the dataset size. ``METASHOT_MMAP=0`` reads the cache into memory instead, for file
 systems where memory-mapped reads are slow.
+
+Verification: the ``.json`` records the array's dtype and shape, the BLAKE2b digest of the whole ``.npy`` file
+and the digest of its own content (offsets, class names, meta), so bit flips, a changed dtype or header,
+shifted offsets or renamed classes are detected. The json is checked on every load (cheap); the ``.npy`` is
+hashed on its first use after it changed (~15 ms for Omniglot's 10 MB test store): a successful check writes
+a ``.verified`` stamp with the file's size, mtime, ctime and inode, and later loads skip hashing while those
+are unchanged. A stamp is written only once the file is a few seconds old (as git does against "racily clean"
+files), since a write in the same timestamp tick would leave size and times unchanged. An entry that fails
+any check is rebuilt with a warning that names it, never used. Entries written before digests existed have
+no digest to check against, so they are rebuilt once (trusting them would vouch for possibly corrupt files).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +39,11 @@ import torch
 
 from metashot._env import cache_root
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # part of every cache key: bumping it orphans all caches, so verification did not bump it
+_DIGEST = "blake2b"
+# A stamp is written only for a .npy whose ctime is this much older than now (clock ticks of file times can be
+# coarse, up to 2 s on some file systems), so a later same-size write in the same tick cannot hide behind it.
+_RACY_NS = 3 * 10**9
 
 
 @dataclass
@@ -161,21 +176,22 @@ def cached_store(
     js = cache_dir / f"{tag}-{key}.json"
     if npy.is_file() and js.is_file():
         try:
-            info = json.loads(js.read_text())
-            arr = _load_npy(npy)
-            if list(arr.shape) == info["shape"]:
-                return ClassStore(torch.from_numpy(arr), np.asarray(info["offsets"]), info["class_names"],
-                                  dict(info.get("meta", {}), cache=str(npy)))
-        except (ValueError, OSError, KeyError, json.JSONDecodeError):
-            pass  # a broken cache entry is rebuilt below, never trusted
+            return _load_verified(npy, js)
+        except (ValueError, OSError, KeyError, TypeError, IndexError) as e:
+            # a broken cache entry is rebuilt below, never trusted
+            warnings.warn(f"store cache {npy} (with {js.name}) failed verification ({e}); rebuilding it",
+                          stacklevel=2)
     images, counts, names = build()
     images = np.ascontiguousarray(images)
     offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
-    info = {"shape": list(images.shape), "offsets": offsets.tolist(), "class_names": list(names),
-            "meta": meta or {}, "params": params}
+    info = {"shape": list(images.shape), "dtype": images.dtype.str, "offsets": offsets.tolist(),
+            "class_names": list(names), "meta": meta or {}, "params": params}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        _stamp_path(npy).unlink(missing_ok=True)
         _atomic_save_npy(npy, images)
+        info["npy_digest"] = _file_digest(npy)
+        info["digest"] = _info_digest(info)
         _atomic_write_text(js, json.dumps(info))
     except OSError as e:  # read-only or full disk: still usable, only not cached
         warnings.warn(f"cannot write the store cache {npy} ({e}); using it from memory. Set METASHOT_CACHE "
@@ -183,6 +199,64 @@ def cached_store(
         return ClassStore(torch.from_numpy(images), offsets, list(names), dict(meta or {}))
     arr = _load_npy(npy)
     return ClassStore(torch.from_numpy(arr), offsets, list(names), dict(meta or {}, cache=str(npy)))
+
+
+def _load_verified(npy: Path, js: Path) -> ClassStore:
+    """The store of a cache entry, checked against its json; raises ValueError saying what is wrong."""
+    info = json.loads(js.read_text())
+    if not isinstance(info, dict) or "digest" not in info or "npy_digest" not in info:
+        raise ValueError("its json records no digest (written by an older metashot)")
+    if info["digest"] != _info_digest(info):
+        raise ValueError("the json's content does not match its recorded digest")
+    shape, offsets, names = info["shape"], np.asarray(info["offsets"], dtype=np.int64), info["class_names"]
+    if (offsets.ndim != 1 or len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != shape[0]
+            or np.any(np.diff(offsets) < 0)):
+        raise ValueError(f"inconsistent offsets ({len(offsets)} offsets, {offsets[:1]}..{offsets[-1:]}) for "
+                         f"{len(names)} classes and {shape[0]} rows")
+    arr = _load_npy(npy)
+    if list(arr.shape) != shape or arr.dtype != np.dtype(info["dtype"]):
+        raise ValueError(f"the .npy holds {arr.dtype} {list(arr.shape)}, "
+                         f"the json records {info['dtype']} {shape}")
+    _verify_npy(npy, info["npy_digest"])
+    return ClassStore(torch.from_numpy(arr), offsets, names, dict(info.get("meta", {}), cache=str(npy)))
+
+
+def _info_digest(info: dict[str, Any]) -> str:
+    body = {k: v for k, v in info.items() if k != "digest"}
+    return hashlib.new(_DIGEST, json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.new(_DIGEST)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return f"{_DIGEST}:{h.hexdigest()}"
+
+
+def _stamp_path(npy: Path) -> Path:
+    return npy.with_suffix(".verified")
+
+
+def _verify_npy(npy: Path, digest: str) -> None:
+    """Hash ``npy`` unless its stamp says this exact file (size, times, inode) already matched ``digest``."""
+    st = npy.stat()
+    ident = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
+             "digest": digest}
+    stamp = _stamp_path(npy)
+    try:
+        if json.loads(stamp.read_text()) == ident:
+            return
+    except (OSError, ValueError):
+        pass  # no stamp or a broken one: hash the file
+    actual = _file_digest(npy)
+    if actual != digest:
+        raise ValueError(f"the .npy's digest {actual} does not match the recorded {digest}")
+    if time.time_ns() - st.st_ctime_ns > _RACY_NS:
+        try:
+            _atomic_write_text(stamp, json.dumps(ident))
+        except OSError:
+            pass  # a read-only cache is verified on every load instead
 
 
 def _load_npy(path: Path) -> np.ndarray:

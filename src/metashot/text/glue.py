@@ -39,6 +39,9 @@ def encode_sentences(texts: Any, encoder: str, what: str = "texts") -> torch.Ten
 
 
 def _read(path: Path) -> str:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; a text checkpoint expects a sentence file (a CSV with a text "
+                         f"column, or a text file with one sentence per line)")
     if not path.is_file():
         raise FileNotFoundError(f"sentence file {path} does not exist")
     try:
@@ -100,6 +103,8 @@ def predict_text_cli(clf: Any, support: str | Path, query: str | Path, output: s
     With ``threshold``, a sentence whose confidence (largest softmax probability) is below it is labelled
     ``oos_label``.
     """
+    from metashot.csv_safe import spreadsheet_safe
+
     texts, labels = read_labelled(support)
     clf.fit(texts, labels)
     queries = read_sentences(query)
@@ -111,7 +116,7 @@ def predict_text_cli(clf: Any, support: str | Path, query: str | Path, output: s
         for t, p in zip(queries, proba, strict=True):
             k = int(p.argmax())
             label = oos_label if threshold is not None and p[k] < threshold else clf.classes_[k]
-            w.writerow([t, label, f"{p[k]:.4f}"])
+            w.writerow([spreadsheet_safe(t), spreadsheet_safe(label), f"{p[k]:.4f}"])
     finally:
         if output:
             out.close()
