@@ -145,8 +145,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     episodes = _given(a.episodes, OMNIGLOT_EPISODES if dataset == "omniglot" else ev["episodes"])
     options = dict(data.get("options") or {}) if dataset == data["dataset"] else {}
     spec = meta.get("image_spec")
-    if spec and "crop_pct" in spec and dataset in ("mini_imagenet", "flowers102", "folder"):
-        options["image_spec"] = spec  # a pretrained model's own input pipeline (size, crop, filter)
+    if spec and (dataset == "folder" or ("crop_pct" in spec and dataset in ("mini_imagenet", "flowers102"))):
+        # A user's own folder is read as `predict` reads it, with the checkpoint's preprocessing (size,
+        # channels, ink polarity, crop); so is a photo dataset for a pretrained model's own input pipeline.
+        options["image_spec"] = spec
     store = load_split(dataset, split, a.root or data.get("root"), data.get("image_size"), **options)
     check_channels(store, meta.get("image_spec"), f"checkpoint {a.checkpoint}", trained_on=data["dataset"])
     res = evaluate(learner, store, _given(a.ways, ev["ways"]), _given(a.shots, ev["shots"]),
