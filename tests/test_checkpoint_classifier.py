@@ -147,3 +147,16 @@ def test_temperature_from_config_divides_scores_only(tmp_path):
         (hot / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(CheckpointError, match="temperature"):
             metashot.load(hot)
+
+
+def test_checkpoint_folders_are_readable_by_every_user(tmp_path):
+    import stat
+
+    from torch import nn as _nn
+
+    from metashot.algorithms.protonet import ProtoNet
+    from metashot.checkpoint import save_checkpoint
+
+    ck = save_checkpoint(tmp_path / "ck", ProtoNet(_nn.Flatten()), {"model": {}})
+    assert stat.S_IMODE(ck.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in ck.iterdir())

@@ -165,6 +165,7 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_signals():
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: a checkpoint is for every user of the machine to read
         old = path.with_name(f".{path.name}.old")
         try:
             ext_keys, ext_digests = external_state(learner)
@@ -183,6 +184,8 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
                 **(extra or {}),
             }
             (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))  # last: marks it complete
+            for f in tmp.iterdir():  # safetensors writes 0600 files
+                os.chmod(f, 0o644)
             _fault_point("written")
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
