@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint-inner", action="store_true", help="recompute inner steps (loop path)")
     p.add_argument("--task-workers", type=int, default=1,
                    help="MAML(task_workers=...): chunks of the meta-batch run concurrently in threads")
+    p.add_argument("--plain-bn", action="store_true",
+                   help="MAML.analytic_bn = False: batch norm through autograd of the plain formula on the "
+                        "vectorised first-order path too (the reference; default: analytic backward)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after 2 warm-up iterations)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -117,6 +120,7 @@ def run(a: argparse.Namespace) -> dict:
     learner = MAML(maml_omniglot(1, 64, N), inner_lr=cfg["inner_lr"], inner_steps=cfg["steps"],
                    first_order=a.first_order, vectorized=a.path == "vectorized",
                    checkpoint_inner=a.checkpoint_inner, task_workers=a.task_workers).to(dev)
+    learner.analytic_bn = not a.plain_bn
     learner.train()
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(a.seed)
@@ -176,6 +180,7 @@ def run(a: argparse.Namespace) -> dict:
         "rss_start_gib": round(rss_start, 4), "rss_before_gib": round(rss0, 4),
         "train_mem_gib": round(peak - (0.0 if dev.type == "cuda" else rss_start), 4),
         "final_loss": round(loss, 4), "torch": torch.__version__, "precision": a.precision,
+        "analytic_bn": learner.analytic_bn,
     }
     if a.profile:
         out["conv_self_time_share"] = _conv_share(lambda: step(a.iters))

@@ -14,7 +14,13 @@ from metashot.algorithms.maml import ANIL, MAML, MetaSGD
 from metashot.algorithms.reptile import Reptile
 from metashot.data.episodes import EpisodeBatch
 from metashot.nn.backbones import maml_omniglot
-from metashot.nn.functional import functional_forward, params_and_buffers
+from metashot.nn.functional import (
+    _BatchNormalize,
+    batch_norm_batch_stats,
+    batch_norm_batch_stats_analytic,
+    functional_forward,
+    params_and_buffers,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,6 +71,50 @@ def test_vectorized_equals_loop_with_batch_norm(cls: type[MAML], steps: int) -> 
     assert float(g_loop.norm()) > 0
 
 
+def test_analytic_batch_norm_equals_plain_formula_to_second_order() -> None:
+    """The analytic-backward batch norm (vectorised fast path) == the plain formula under vmap, float64:
+    values, first derivatives inside torch.func.grad, and second derivatives through them; gradgradcheck."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def second_order(bn: object) -> tuple[torch.Tensor, ...]:
+        def inner(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            def f(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                return (torch.relu(bn(x, w, b, 1e-5)) ** 3).sum()  # type: ignore[operator]
+            return torch.func.grad(f, argnums=(0, 1, 2))(x, w, b)
+
+        first = torch.vmap(inner)(x, w, b)
+        second = torch.autograd.grad(sum((t * t).sum() for t in first), (x, w, b))
+        return (torch.vmap(bn, in_dims=(0, 0, 0, None))(x, w, b, 1e-5), *first, *second)  # type: ignore[arg-type]
+
+    plains, analytics = second_order(batch_norm_batch_stats), second_order(batch_norm_batch_stats_analytic)
+    for plain, analytic in zip(plains, analytics, strict=True):
+        assert torch.allclose(plain, analytic, rtol=1e-10, atol=1e-10 * float(plain.abs().max()))
+    normalize = lambda t: _BatchNormalize.apply(t, [0, 2, 3], 1e-5)  # noqa: E731
+    assert torch.autograd.gradcheck(normalize, (x[0],))
+    assert torch.autograd.gradgradcheck(normalize, (x[0],))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vectorized_analytic_batch_norm_equals_plain_path(first_order: bool) -> None:
+    """MAML's vectorised path with the analytic batch norm (default) == plain formula == the loop, float64."""
+    batch = _batch(T=4, N=3, K=2, Q=2)
+    results = []
+    for vectorized, analytic in ((False, False), (True, False), (True, True)):
+        learner = MAML(_tiny_conv(), inner_lr=0.1, inner_steps=2, vectorized=vectorized,
+                       first_order=first_order).double()
+        learner.analytic_bn = analytic
+        learner.train()
+        results.append(_meta_grad(learner, batch))
+    (l_loop, g_loop), *others = results
+    for l_vec, g_vec in others:
+        assert abs(float(l_loop - l_vec)) <= 1e-12 * abs(float(l_loop))
+        rel = float((g_loop - g_vec).norm() / g_loop.norm())
+        assert rel <= 1e-9, f"first_order={first_order}: meta-gradient rel. err {rel:.2e}"
+
+
 @pytest.mark.parametrize(("cls", "steps", "vectorized"),
                          [(MAML, 1, True), (MAML, 5, True), (MAML, 2, False), (MetaSGD, 2, True),
                           (ANIL, 2, True)])
@@ -111,9 +161,9 @@ def test_bf16_autocast_reaches_task_workers(vectorized: bool) -> None:
         seen = []
         forward = learner.forward_with
 
-        def spy(params, buffers, x, forward=forward, seen=seen):  # noqa: ANN001, ANN202
+        def spy(params, buffers, x, forward=forward, seen=seen, **kw):  # noqa: ANN001, ANN003, ANN202
             seen.append((threading.current_thread().name, torch.is_autocast_enabled("cpu")))
-            return forward(params, buffers, x)
+            return forward(params, buffers, x, **kw)
 
         learner.forward_with = spy
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -145,9 +195,9 @@ def test_task_workers_leave_module_alone_and_refuse_dropout() -> None:
     seen = []
     forward = learner.forward_with
 
-    def spy(params, buffers, x):  # noqa: ANN001, ANN202
+    def spy(params, buffers, x, **kw):  # noqa: ANN001, ANN003, ANN202
         seen.append(threading.current_thread().name)
-        return forward(params, buffers, x)
+        return forward(params, buffers, x, **kw)
 
     learner.forward_with = spy
     loss, _ = learner.meta_loss(_batch(T=4, N=3, K=1, Q=2))
@@ -170,11 +220,14 @@ def test_task_workers_leave_module_alone_and_refuse_dropout() -> None:
     MAML(net, task_workers=1)  # fine without workers
 
 
-def test_compiled_meta_loss_equals_eager_with_batch_norm() -> None:
-    """train.compile: torch.compile of the vectorised second-order meta-loss with batch norm traces (the batch
-    norm must take its explicit form while dynamo traces) and gives the eager loss and meta-gradient."""
+@pytest.mark.parametrize("first_order", [False, True])
+def test_compiled_meta_loss_equals_eager_with_batch_norm(first_order: bool) -> None:
+    """train.compile: torch.compile of the vectorised meta-loss with batch norm traces (the batch norm must
+    take its explicit plain form while dynamo traces, also where eager first order uses the analytic
+    backward) and gives the eager loss and meta-gradient."""
     batch = _batch(T=2, N=3, K=1, Q=2)
-    learner = MAML(_tiny_conv(), inner_lr=0.1, inner_steps=1, vectorized=True).double()
+    learner = MAML(_tiny_conv(), inner_lr=0.1, inner_steps=1, vectorized=True,
+                   first_order=first_order).double()
     loss, grad = _meta_grad(learner, batch)
     compiled = torch.compile(learner.meta_loss, backend="eager", fullgraph=False)
     c_loss, _ = compiled(batch)
