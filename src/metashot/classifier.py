@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from metashot.algorithms.base import MetaLearner, Predictor
 from metashot.checkpoint import CheckpointError, load_checkpoint
@@ -104,6 +105,10 @@ class FewShotClassifier:
         # Decoding and resizing release the GIL: a few threads overlap them (a 12-megapixel JPEG takes ~10 ms
         # even at 1/8 scale). map() keeps the order and re-raises the first error, which names the file.
         workers = min(4, os.cpu_count() or 1, len(images))
+        if workers > 1:  # a lazily opened PIL image may appear twice: load it before threads share it
+            for im in images:
+                if isinstance(im, Image.Image):
+                    im.load()
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 done = list(pool.map(one, range(len(images))))

@@ -241,3 +241,27 @@ def test_an_ensemble_concatenates_normalised_members_and_needs_one_pipeline():
         P.TimmBackbone(["test_convnext", "test_resnet"], pretrained=False)  # bicubic vs bilinear
     with pytest.raises(ValueError, match="not a file"):
         P.TimmBackbone(["test_convnext", "test_convnext2"], pretrained="w.safetensors")
+
+
+def test_feature_cache_keys_follow_the_trunk_and_the_rows(tmp_path):
+    """An ensemble's in-trunk power transform and a subset of a cached split each get their own features."""
+    from metashot.data.store import cached_store
+
+    base = _tiny_store(n_classes=4, per=5, size=32)
+    store = cached_store("toy", [], {"k": 1}, lambda: (base.images.numpy(), [5] * 4, base.class_names),
+                         cache_dir=tmp_path / "stores")
+    assert store.meta.get("cache")
+    torch.manual_seed(0)
+    plain = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, image_size=32)
+    torch.manual_seed(0)
+    powered = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, image_size=32,
+                             power=0.5)
+    assert plain.weights_digest == powered.weights_digest
+    fa = P.feature_store(plain, store, progress=False, cache_dir=tmp_path / "f").images
+    fb = P.feature_store(powered, store, progress=False, cache_dir=tmp_path / "f").images
+    torch.testing.assert_close(fb, powered.features(to_float(store.images)))
+    assert not torch.equal(fa, fb)
+    one = P.feature_store(plain, store.subset(["c0", "c1"]), progress=False, cache_dir=tmp_path / "f").images
+    two = P.feature_store(plain, store.subset(["c2", "c3"]), progress=False, cache_dir=tmp_path / "f").images
+    torch.testing.assert_close(two, fa[10:20])
+    assert not torch.equal(one, two)

@@ -203,6 +203,13 @@ class TimmBackbone(nn.Module):
             self._features_in = was
 
     @property
+    def trunk_signature(self) -> str:
+        """Everything that decides what :meth:`features` returns: models, weights and an ensemble's in-trunk
+        power transform (the memory layout changes only the summation order)."""
+        power = self.power if isinstance(self.trunk, ConcatTrunk) else None
+        return f"{self.model_name}|{self.weights_digest}|power={power}"
+
+    @property
     def caches_features(self) -> bool:
         return not self.trainable
 
@@ -277,15 +284,16 @@ def feature_store(backbone: TimmBackbone, store: Any, device: str | torch.device
     if store.images.dim() != 4:
         raise ValueError(f"feature_store: expected an image store [M, C, H, W], got "
                          f"{tuple(store.images.shape)}")
+    # The store's identity: its class layout always (a subset or a rotation of a cached split shares the cache
+    # file but not its rows), plus the cache file's identity, or the pixels themselves for an in-memory store.
+    h = hashlib.sha256(json.dumps([store.offsets.tolist(), store.class_names]).encode())
     src = store.meta.get("cache")
     if src and Path(src).is_file():
         st = Path(src).stat()
-        ident = f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        h.update(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     else:
-        h = hashlib.sha256(np.ascontiguousarray(store.images.numpy()).tobytes())
-        h.update(json.dumps([store.offsets.tolist(), store.class_names]).encode())
-        ident = h.hexdigest()
-    key = hashlib.sha256(f"{backbone.model_name}|{backbone.weights_digest}|{ident}".encode()).hexdigest()[:24]
+        h.update(np.ascontiguousarray(store.images.numpy()).tobytes())
+    key = hashlib.sha256(f"{backbone.trunk_signature}|{h.hexdigest()}".encode()).hexdigest()[:24]
     folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "features"
     path = folder / f"{backbone.model_name}-{key}.npy"
     meta = dict(store.meta, features_of=backbone.model_name, feature_cache=str(path))
