@@ -147,7 +147,7 @@ def test_resume_after_a_kill_between_the_renames_of_last(
         Trainer(learner(0), sampler(), cfg, out_dir=run, progress=False).fit()
     monkeypatch.setattr(ck, "_fault_point", lambda at: None)
     assert not (snap / "last").exists()
-    monkeypatch.setattr(mt, "build_trainer", lambda c, progress, out_dir, ctx: Trainer(
+    monkeypatch.setattr(mt, "build_trainer", lambda c, progress, out_dir, ctx, **kw: Trainer(
         learner(9), sampler(), c, out_dir=out_dir, progress=False))
     with pytest.warns(UserWarning, match="restored it from the complete copy"):
         out = train_from_config(tiny_cfg(steps=6, checkpoint_every=2), progress=False, resume=snap)

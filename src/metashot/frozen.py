@@ -28,27 +28,33 @@ def has_trainable_parameters(learner: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in learner.parameters())
 
 
-def _image_spec(learner: MetaLearner) -> Any:
+def image_spec_of(learner: MetaLearner) -> Any:
+    """The backbone's own input pipeline (a pretrained timm model's ``image_spec``), or None."""
     return getattr(getattr(learner, "backbone", None), "image_spec", None)
 
 
 def load_for(learner: MetaLearner, cfg: Config, split: str) -> Any:
     """``split`` of the config's dataset, preprocessed as the learner's backbone needs (its pretrained
     config)."""
-    spec = _image_spec(learner)
+    spec = image_spec_of(learner)
     return load_split(cfg.data.dataset, split, cfg.data.root, cfg.data.image_size, image_spec=spec,
                       **cfg.data.options)
 
 
-def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Fit the statistics of a learner without trainable parameters and write its run folder."""
+def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = None,
+               learner: MetaLearner | None = None) -> dict[str, Any]:
+    """Fit the statistics of a learner without trainable parameters and write its run folder.
+
+    ``learner``: the config's learner if the caller built it already (it is built here otherwise).
+    """
     from metashot.nn.pretrained import feature_store, frozen_trunk
 
     t0 = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    learner = build_learner(dict(cfg.model.__dict__))
+    if learner is None:
+        torch.manual_seed(cfg.train.seed)
+        learner = build_learner(dict(cfg.model.__dict__))
     if has_trainable_parameters(learner):
         raise ValueError(f"{cfg.name}: fit_frozen is for learners without trainable parameters")
     trunk = frozen_trunk(learner)

@@ -58,6 +58,7 @@ from metashot.data import load_split
 from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.distributed import DistContext
 from metashot.evaluate import evaluate
+from metashot.frozen import image_spec_of
 from metashot.runfolder import clear_previous_run, lock_run
 
 LAST, BEST, FINAL = "last", "best", "final"
@@ -731,16 +732,27 @@ def episodic_validator(
     return run
 
 
+def seeded_learner(cfg: Config) -> MetaLearner:
+    """The learner of ``cfg``, initialised from ``train.seed`` (the first draw of the run's RNG)."""
+    torch.manual_seed(cfg.train.seed)
+    return build_learner(dict(cfg.model.__dict__))
+
+
 def build_trainer(
-    cfg: Config, progress: bool = True, out_dir: str | Path | None = None, dist: DistContext | None = None
+    cfg: Config, progress: bool = True, out_dir: str | Path | None = None, dist: DistContext | None = None,
+    learner: MetaLearner | None = None,
 ) -> Trainer:
-    """The learner, data, validator and :class:`Trainer` of ``cfg`` (nothing trained yet)."""
+    """The learner, data, validator and :class:`Trainer` of ``cfg`` (nothing trained yet).
+
+    ``learner``: one already made by :func:`seeded_learner` (the same weights and RNG state as building it
+    here).
+    """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    learner = build_learner(dict(cfg.model.__dict__))
+    if learner is None:
+        learner = seeded_learner(cfg)
     # A pretrained backbone (timm) brings its own input pipeline: size, crop, filter of its pretrained config.
-    spec = getattr(getattr(learner, "backbone", None), "image_spec", None)
+    spec = image_spec_of(learner)
     store = load_split(
         cfg.data.dataset, cfg.data.train_split, cfg.data.root, cfg.data.image_size, image_spec=spec,
         **cfg.data.options
@@ -792,10 +804,11 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
     from metashot import distributed
     from metashot.frozen import fit_frozen, has_trainable_parameters
 
-    if resume is None and not has_trainable_parameters(build_learner(dict(cfg.model.__dict__))):
+    learner = seeded_learner(cfg) if resume is None else None
+    if learner is not None and not has_trainable_parameters(learner):
         with lock_run(cfg.out_dir()):  # e.g. SimpleShot on a frozen pretrained backbone
             clear_previous_run(cfg.out_dir())
-            return fit_frozen(cfg, progress)
+            return fit_frozen(cfg, progress, learner=learner)
     ctx = distributed.init_from_env(cfg.train.device, cfg.train.dist_backend)
     held = contextlib.ExitStack()
     try:
@@ -817,7 +830,7 @@ def train_from_config(cfg: Config, progress: bool = True, resume: str | Path | N
                     f"--resume {resume}: no {LAST}/ checkpoint there (it is written every "
                     f"train.checkpoint_every steps, on SIGINT/SIGTERM and at the end of training)"
                 )
-        trainer = build_trainer(cfg, progress, out_dir, ctx)
+        trainer = build_trainer(cfg, progress, out_dir, ctx, learner=learner)
         if out_dir is not None:
             trainer.load_state(out_dir / LAST)
         return trainer.fit()

@@ -45,6 +45,11 @@ from metashot.nn.packaged import (  # noqa: F401  (re-exported: the public names
 )
 
 
+def power_transform(z: torch.Tensor, power: float) -> torch.Tensor:
+    """z -> (max(z, 0) + 1e-6) ** power: Hu et al.'s (2021) transform of non-negative (post-ReLU) features."""
+    return z.clamp_min(0).add(1e-6).pow(power)
+
+
 def create_timm_model(model: str, pretrained: bool | str = True) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``: the forward gives pooled pre-logits features).
 
@@ -183,7 +188,7 @@ class TimmBackbone(nn.Module):
     def head(self, z: torch.Tensor) -> torch.Tensor:
         # (an ensemble applies the power transform per member, inside its trunk)
         if self.power is not None and not isinstance(self.trunk, ConcatTrunk):
-            z = z.clamp_min(0).add(1e-6).pow(self.power)
+            z = power_transform(z, self.power)
         if self.centre is not None:
             z = z - self.centre.to(z.dtype)
         return F.normalize(z, dim=-1) if self.l2norm else z
@@ -233,7 +238,7 @@ class TimmBackbone(nn.Module):
         if self.centre is not None:
             z = features.double()
             if self.power is not None and not isinstance(self.trunk, ConcatTrunk):
-                z = z.clamp_min(0).add(1e-6).pow(self.power)
+                z = power_transform(z, self.power)
             self.centre.copy_(z.mean(0).to(self.centre.dtype))
 
 
@@ -255,7 +260,7 @@ class ConcatTrunk(nn.Module):
         for m in self.members:
             z = m(x)
             if self.power is not None:
-                z = z.clamp_min(0).add(1e-6).pow(self.power)
+                z = power_transform(z, self.power)
             parts.append(F.normalize(z, dim=-1))
         return torch.cat(parts, -1) / len(parts) ** 0.5
 
