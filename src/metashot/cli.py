@@ -249,14 +249,20 @@ def _cmd_lake(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     if (a.checkpoint is None) == (a.baseline is None):
         raise ValueError("give either a CHECKPOINT or --baseline mhd (not both)")
-    runs = load_lake_runs(a.root)
+    if a.val:
+        from metashot.data.lake_runs import validation_runs
+
+        runs = validation_runs(root=a.root)
+    else:
+        runs = load_lake_runs(a.root)
     if a.runs:
         runs = runs[: a.runs]
     res = evaluate_mhd(runs) if a.baseline else evaluate_checkpoint(a.checkpoint, runs, a.device)
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"Lake 20-way one-shot, {res['runs']} runs / {res['trials']} trials, {res['method']}: "
+        which = " (validation runs)" if a.val else ""
+        print(f"Lake 20-way one-shot{which}, {res['runs']} runs / {res['trials']} trials, {res['method']}: "
               f"{res['error']:.2f} % error")
     return 0
 
@@ -463,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--baseline", choices=["mhd"], help="training-free baseline instead of a checkpoint")
     lk.add_argument("--root", help="data root holding omniglot/all_runs.zip (default $METASHOT_DATA)")
     lk.add_argument("--runs", type=int, help="only the first RUNS runs (default: all 20)")
+    lk.add_argument("--val", action="store_true",
+                    help="the 50 validation runs from the held-out background alphabets instead of Lake's "
+                         "20 test runs (choose models on these)")
     lk.add_argument("--device", default="cpu")
     lk.add_argument("--threads", type=int)
     lk.add_argument("--json", action="store_true", help="print one JSON object (error in percent)")

@@ -145,3 +145,65 @@ def load_lake_runs(root: str | Path | None = None, path: str | Path | None = Non
             answers=np.array([index[answer_of[f]] for f in test_files], dtype=np.int64),
         ))
     return runs
+
+
+_DRAWER = re.compile(r"_(\d+)\.png$")
+
+
+def validation_runs(n_runs: int = 50, seed: int = 0, root: str | Path | None = None,
+                    ways: int = 20) -> list[LakeRun]:
+    """Validation runs built like Lake's, from the held-out background alphabets alone (issue 18).
+
+    Each run is a ``ways``-way within-alphabet one-shot task on one of
+    :data:`metashot.data.omniglot.LAKE_VAL_ALPHABETS` (taken in turn, so 50 runs give 10 per alphabet):
+    ``ways`` characters of that alphabet drawn at random, two different drawers drawn at random; the training
+    image of each character is the first drawer's, its test image the second drawer's (as in Lake's runs,
+    where a run's training and test images come from different people). The images are the raw 105x105 PNGs
+    of ``images_background``, so every model applies its own preprocessing, as on the official runs. None of
+    these alphabets is in ``background_train``, ``background_small1`` or ``background_small2``: no model
+    trained on those sets has seen a character (nor, therefore, an image) of a validation run. Deterministic
+    in ``(n_runs, seed, ways)``.
+    """
+    from metashot.data.omniglot import LAKE_VAL_ALPHABETS, _list_images, locate
+
+    if n_runs < 1 or ways < 2:
+        raise ValueError(f"validation_runs: need n_runs >= 1 and ways >= 2, got {n_runs} and {ways}")
+    src = locate("images_background", Path(root) if root is not None else None, download_missing=False)
+    by_char: dict[str, dict[str, dict[int, str]]] = {a: {} for a in LAKE_VAL_ALPHABETS}
+    for alpha, char, member in _list_images(src, "images_background"):
+        m = _DRAWER.search(member)
+        if alpha in by_char and m:
+            by_char[alpha].setdefault(char, {})[int(m.group(1))] = member
+    for alpha, chars in by_char.items():
+        if len(chars) < ways:
+            raise ValueError(f"validation_runs: alphabet {alpha} has {len(chars)} characters in {src}; "
+                             f"a {ways}-way run needs {ways}")
+    rng = np.random.default_rng(seed)
+    zf = zipfile.ZipFile(src) if src.is_file() else None
+
+    def read(member: str) -> np.ndarray:
+        data = zf.read(member) if zf is not None else Path(member).read_bytes()
+        return _decode(data, f"{src}:{member}")
+
+    runs = []
+    try:
+        for r in range(n_runs):
+            alpha = LAKE_VAL_ALPHABETS[r % len(LAKE_VAL_ALPHABETS)]
+            names = sorted(by_char[alpha])
+            chars = [names[i] for i in rng.choice(len(names), ways, replace=False)]
+            drawers = sorted(set.intersection(*(set(by_char[alpha][c]) for c in chars)))
+            d_train, d_test = (drawers[i] for i in rng.choice(len(drawers), 2, replace=False))
+            order = rng.permutation(ways)  # test item k shows character order[k]
+            name = f"val{r + 1:02d}"
+            runs.append(LakeRun(
+                name=name,
+                train_files=[f"{name}/training/{alpha}/{c}" for c in chars],
+                test_files=[f"{name}/test/item{k + 1:02d}" for k in range(ways)],
+                train_images=np.stack([read(by_char[alpha][c][d_train]) for c in chars]),
+                test_images=np.stack([read(by_char[alpha][chars[j]][d_test]) for j in order]),
+                answers=order.astype(np.int64),
+            ))
+    finally:
+        if zf is not None:
+            zf.close()
+    return runs

@@ -51,6 +51,13 @@ OFFICIAL_MD5 = {
 }
 VINYALS_SPLITS = ("train", "val", "test", "trainval")
 OFFICIAL_SETS = ("background", "evaluation", "background_small1", "background_small2")
+# Validation for Lake's benchmark, from the background set alone (issue 18): five background alphabets held
+# out of training. Drawn once, before any model was scored on them, as
+# ``sorted(random.Random(2015).sample(ELIGIBLE, 5))`` from the 19 background alphabets that have at least 20
+# characters (a 20-way within-alphabet run needs 20) and are in neither minimal set (small1 / small2), so
+# models trained on a minimal set never saw them either. ``tests/data/test_lake_val.py`` re-draws them.
+LAKE_VAL_ALPHABETS = ("Anglo-Saxon_Futhorc", "Arcadian", "Asomtavruli_(Georgian)", "Hebrew", "Tifinagh")
+LAKE_SPLITS = ("background_train", "background_val")  # background minus / only LAKE_VAL_ALPHABETS
 _IMG = re.compile(r"(?:^|/)(images_[a-z0-9_]+)/([^/]+)/([^/]+)/([^/]+\.png)$")
 
 
@@ -180,6 +187,13 @@ def load_part(part: str, root: Path | None = None, spec: ImageSpec = OMNIGLOT_SP
     )
 
 
+def _rotated(store: ClassStore, rotations: Sequence[int]) -> ClassStore:
+    angles = [int(a) for a in rotations]
+    if not angles or len({a % 360 for a in angles}) != len(angles):
+        raise ValueError(f"Omniglot rotations must be distinct angles, got {list(rotations)}")
+    return store.with_rotations(angles)
+
+
 def omniglot(split: str = "train", root: Path | None = None, image_size: int = 28,
              download_missing: bool = True, cache_dir: Path | None = None,
              rotations: Sequence[int] | None = None) -> ClassStore:
@@ -194,14 +208,20 @@ def omniglot(split: str = "train", root: Path | None = None, image_size: int = 2
     evaluates on the rotated set too; ``metashot lake`` uses Lake's runs and is unaffected.)
     """
     spec = ImageSpec(size=image_size, channels=1, invert=True, resize_filter="box")
+    if split in LAKE_SPLITS:
+        full = omniglot("background", root, image_size, download_missing, cache_dir)
+        val = split == "background_val"
+        names = [n for n in full.class_names if (n.split("/", 1)[0] in LAKE_VAL_ALPHABETS) == val]
+        store = full.subset(names)
+        store.meta = {**full.meta, "name": f"omniglot/{split}", "split": split}
+        if rotations is not None:
+            store = _rotated(store, rotations)
+        return store
     if split in OFFICIAL_SETS:
         store = load_part(f"images_{split}", root, spec, download_missing, cache_dir)
         store.meta.update(name=f"omniglot/{split}", split=split)
         if rotations is not None:
-            angles = [int(a) for a in rotations]
-            if not angles or len({a % 360 for a in angles}) != len(angles):
-                raise ValueError(f"Omniglot rotations must be distinct angles, got {list(rotations)}")
-            store = store.with_rotations(angles)
+            store = _rotated(store, rotations)
         return store
     if rotations is not None:
         raise ValueError(f"Omniglot split {split!r} (Vinyals) always holds the rotations 0/90/180/270; "
