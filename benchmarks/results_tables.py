@@ -1,0 +1,341 @@
+"""Regenerate, from the JSONL records under results/, every RESULTS.md table that has records (Markdown).
+
+    python benchmarks/results_tables.py                      # all tables
+    python benchmarks/results_tables.py --check RESULTS.md   # and say which rows RESULTS.md holds
+
+Each table is printed under a heading naming its RESULTS.md section and its record files. A table whose
+records are missing says so instead. ``--check`` looks for every generated row's figures, in order, in one
+table line of RESULTS.md (bold, percent signs and thousands separators ignored) and lists the rows it does not
+find. Figures are printed with the digits the records hold (no half-way case is rounded away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+R = Path("results")
+Row = tuple[list[str], list[str]]  # (label cells, value cells)
+Table = tuple[list[str], list[Row], list[str]]  # (header, rows, notes)
+TEXT_FIGURES = "(figures quoted in the section's text, not a table there)"
+
+
+def read(*names: str) -> list[dict]:
+    """JSON records of results/<name> (JSONL, or one JSON object); [] for a missing file."""
+    out: list[dict] = []
+    for name in names:
+        p = R / name
+        if not p.is_file():
+            continue
+        text = p.read_text()
+        if p.suffix == ".json":
+            out.append(json.loads(text))
+        else:
+            out += [json.loads(line) for line in text.splitlines() if line.strip()]
+    return out
+
+
+def pm(acc: float, ci: float) -> str:
+    return f"{acc:.2f} +- {ci:.2f}"
+
+
+# ----- photos, calibration, ResNet-12, MAML speed -----------------------------------------------------------
+
+PHOTO_CONFIGS = {"configs/photos-frozen-lite0.yaml": "frozen backbone, cosine prototypes",
+                 "configs/photos-simpleshot-lite0.yaml": "SimpleShot CL2N, mini-ImageNet base mean",
+                 "configs/photos.yaml": "photos (bundled)"}
+PHOTO_SETS = [("mini_imagenet/test", 1), ("mini_imagenet/test", 5), ("flowers102/all", 1),
+              ("flowers102/all", 5), ("flowers102/test", 1), ("flowers102/test", 5)]
+
+
+def photos_test() -> Table | None:
+    recs = read("photos/test.jsonl")
+    if not recs:
+        return None
+    by = {(r["config"], r["dataset"], r["shots"]): r for r in recs}
+    rows = []
+    for cfg, label in PHOTO_CONFIGS.items():
+        cells = [pm(by[(cfg, d, s)]["acc"], by[(cfg, d, s)]["ci95"]) if (cfg, d, s) in by else "-"
+                 for d, s in PHOTO_SETS]
+        rows.append(([f"{label} (`{cfg}`)"], cells))
+    res = {r["shots"]: r for r in read("resnet12/eval.jsonl")}
+    if res:
+        rows.insert(0, (["ProtoNet, ResNet-12 CPU preset"],
+                        [pm(res[s]["acc"], res[s]["ci95"]) if s in res else "-" for s in (1, 5)] + ["-"] * 4))
+    head = ["model", "mini-ImageNet test 1-shot", "5-shot", "Flowers all 1-shot", "5-shot",
+            "Flowers test 1-shot", "5-shot"]
+    return head, rows, ["Baseline++ row: no record (its command is in the section)."]
+
+
+def photos_selection() -> Table | None:
+    recs = read("photos/selection.jsonl")
+    if not recs:
+        return None
+    speed = {(r["model"], r["input_size"]): r["network_s_25_plus_75"]
+             for r in read("photos/candidates_speed.jsonl")}
+    cands: dict[tuple[str, int, str], dict[tuple[str, int], float]] = {}
+    for r in recs:
+        cands.setdefault((r["model"], r["input_size"], r["head"]), {})[(r["dataset"], r["shots"])] = r["acc"]
+    keys = [("mini_imagenet/val", 1), ("mini_imagenet/val", 5), ("flowers102/val", 1), ("flowers102/val", 5)]
+    rows = []
+    for (model, size, head), acc in cands.items():
+        if any(k not in acc for k in keys):
+            continue
+        name = model.replace("tf_efficientnet_", "").replace("lite", "Lite").replace("+", " + ")
+        s = speed.get((model, size))
+        vals = [f"{acc[k]:.2f}" for k in keys] + [f"{sum(acc[k] for k in keys) / 4:.2f}",
+                                                  "-" if s is None else f"{s:.3f}"]
+        rows.append(([f"{name}, {size}", head], vals))
+    notes = ["RESULTS.md leaves the Lite1 240 px rows with heads other than pt-supc to these records"]
+    return ["backbone, input", "head", "mini val 1-shot", "5-shot", "Flowers val 1-shot", "5-shot", "mean",
+            "network s, 25+75"], rows, notes
+
+
+def photos_speed() -> Table | None:
+    recs = read("photos/speed.jsonl")
+    if not recs:
+        return None
+    r = recs[-1]
+    notes = [f"in the text: embedding {r['embed_images_per_s']} images/s, metashot.load('photos') "
+             f"{r['load_s']} s, peak resident memory {r['peak_rss_mib']} MiB"]
+    return (["photos", "fit 25 + predict 75, s (median of 5)"],
+            [(["Flowers-102 JPEGs as shipped (128x128)"], [f"{r['fit25_predict75_s_jpeg128']:.2f}"]),
+             (["the same enlarged to 12 megapixels"], [f"{r['fit25_predict75_s_phone12mp']:.2f}"])], notes)
+
+
+def calibration() -> Table | None:
+    recs = read("calibration/protonet-omniglot.json")
+    if not recs:
+        return None
+    t = recs[0]["test"]
+    rows = [([label], [f"{t[k]['ece_percent']:.3f}", f"{t[k]['nll']:.4f}", f"{t[k]['mean_confidence']:.4f}",
+                       f"{t[k]['acc_percent']:.3f}"])
+            for label, k in (("T = 1 (before)", "before"), (f"T = {recs[0]['temperature']}", "after"))]
+    return ["", "ECE %", "NLL", "mean confidence", "accuracy %"], rows, []
+
+
+def resnet12() -> Table | None:
+    res = {r["shots"]: r for r in read("resnet12/eval.jsonl")}
+    if not res:
+        return None
+    return ["5-way 1-shot", "5-way 5-shot"], [([], [pm(res[s]["acc"], res[s]["ci95"]) for s in (1, 5)])], []
+
+
+def maml_l2l() -> Table | None:
+    recs = read("maml/l2l_side_by_side_A.jsonl")
+    if not recs:
+        return None
+    runs: dict[tuple[bool, str], list[float]] = {}
+    for r in recs:
+        ours = "bn-bwd" if r.get("analytic_bn") else "plain"
+        who = "l2l" if r["benchmark"] == "maml-learn2learn" else ours
+        runs.setdefault((r["first_order"], who), []).append(r["tasks_per_s"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    rows = []
+    for fo, ours, label in ((False, "plain", "second order"),
+                            (True, "bn-bwd", "first order (the batch norm with a hand-written backward)")):
+        rows.append(([label], [f"{med[(fo, ours)]:.2f}", f"{med[(fo, 'l2l')]:.2f}",
+                               f"{med[(fo, ours)] / med[(fo, 'l2l')]:.2f}x"]))
+    notes = [f"other medians: second order with the hand-written batch-norm backward "
+             f"{med.get((False, 'bn-bwd'), float('nan')):.2f}, first order with the plain formula "
+             f"{med.get((True, 'plain'), float('nan')):.2f} tasks/s ({len(runs[(False, 'l2l')])} rounds)"]
+    return ["A", "metashot, tasks/s", "learn2learn, tasks/s", "ratio"], rows, notes
+
+
+def maml_compile() -> Table | None:
+    recs = read("maml/compile_cpu.jsonl")
+    if not recs:
+        return None
+    rows = [([f"round {i // 2 + 1}", "compiled" if r["compile"] else "eager",
+              f"{r['results']['maml']['warmup_s']:.1f}"], [f"{r['results']['maml']['ms_per_step']:.1f}"])
+            for i, r in enumerate(recs)]
+    return ["round", "mode", "warm-up s (compile included)", "ms per step"], rows, [TEXT_FIGURES]
+
+
+# ----- text -----------------------------------------------------------------------------------------------
+
+DATASETS = ("banking77", "clinc150", "hwu64")
+
+
+def text_episodic() -> Table | None:
+    recs = read("text/episodic.jsonl", "text/episodic_gradient.jsonl", "text/episodic_matching.jsonl")
+    summ = {(r["method"], r["shots"], r["dataset"]): r for r in recs if r.get("summary")}
+    if not summ:
+        return None
+    rows = []
+    for method, shots in sorted({(m, s) for m, s, _ in summ}, key=lambda x: (x[1], x[0])):
+        cells = []
+        for d in DATASETS:
+            r = summ.get((method, shots, d))
+            cells += ["-", "-"] if r is None else [pm(r["acc"], r["ci95"]), f"{r['fold_std']:.2f}"]
+        rows.append(([method, str(shots)], cells))
+    head = ["method", "shots"] + [c for d in DATASETS for c in (d, "fold sd")]
+    return head, rows, ["mean of the 5 fold accuracies +- 95% CI of the 3,000 pooled episodes; fold sd: "
+                        "population standard deviation of the 5 fold accuracies (the records' fold_std)"]
+
+
+def text_inner_lr4() -> Table | None:
+    recs = [r for r in read("text/maml_inner_lr4_fold1.jsonl") if not r.get("summary")]
+    if not recs:
+        return None
+    rows = [([r["dataset"], str(r["shots"])], [f"{r['best_val_acc']:.2f}", pm(r["acc"], r["ci95"])])
+            for r in recs]
+    return ["dataset", "shots", "best validation acc", "fold-1 test acc"], rows, []
+
+
+def text_fullway() -> Table | None:
+    recs = read("text/fullway.jsonl", "text/fullway_ft.jsonl", "text/fullway_ft10.jsonl",
+                "text/fullway_ft_cv.jsonl", "text/fullway_ft_cv_banking.jsonl")
+    full = {(r["method"], r["shots"], r["dataset"]): r["acc"] for r in recs if r.get("protocol") == "fullway"}
+    if not full:
+        return None
+    rows = [([m, str(k)], [f"{full[(m, k, d)]:.2f}" if (m, k, d) in full else "-" for d in DATASETS])
+            for m, k in sorted({(m, k) for m, k, _ in full}, key=lambda x: (x[1], x[0]))]
+    missing = [n for n in ("fullway_ft0.jsonl", "fullway_ft.jsonl", "fullway_ft10.jsonl",
+                           "fullway_ft_cv.jsonl", "fullway_ft_cv_banking.jsonl", "fullway_ft_cv_seed1.jsonl")
+               if not (R / "text" / n).is_file()]
+    notes = []
+    if missing:
+        notes.append(f"no records for the finetune-top rows: results/text/{', '.join(missing)} not found")
+    return ["method", "K", *DATASETS], rows, notes
+
+
+def text_oos() -> Table | None:
+    oos = [r for r in read("text/fullway.jsonl") if r.get("protocol") == "oos"]
+    if not oos:
+        return None
+    rows = [([r["method"], str(r["shots"])], [f"{r['threshold']:.3f}", f"{r['in_scope_acc']:.2f}",
+                                              f"{r['oos_recall']:.2f}", f"{r['oos_precision']:.2f}"])
+            for r in sorted(oos, key=lambda r: (r["shots"], r["method"]))]
+    return ["method", "K", "threshold", "in-scope acc", "OOS recall", "OOS precision"], rows, []
+
+
+def text_bundled() -> Table | None:
+    bundled = {(r["dataset"].split("/")[0], r["shots"]): r for r in read("text/bundled_eval.jsonl")}
+    fold1 = {(r["method"], r["dataset"], r["shots"]): r for r in read("text/episodic.jsonl")
+             if r.get("fold") == 1}
+    if not bundled:
+        return None
+    cols = [(d, s) for d in DATASETS for s in (1, 5)]
+    def fold1_row(method: str) -> list[str]:
+        return [pm(fold1[(method, d, s)]["acc"], fold1[(method, d, s)]["ci95"]) for d, s in cols]
+
+    rows = [(["ncm (no training)"], fold1_row("ncm")),
+            (["protonet-minilm-intents (bundled)"], [pm(bundled[c]["acc"], bundled[c]["ci95"])
+                                                     for c in cols]),
+            (["protonet, trained per dataset and shot"], fold1_row("protonet"))]
+    return ["fold 1, 5-way"] + [f"{d} {s}-shot" for d, s in cols], rows, []
+
+
+def text_speed() -> Table | None:
+    sp, enc = read("text/speed.jsonl"), read("text/encode_all.jsonl")
+    if not sp and not enc:
+        return None
+    rows = []
+    if enc:
+        n, s = sum(r["sentences"] for r in enc), sum(r["encode_seconds"] for r in enc)
+        rows.append((["encode all parts: sentences, encoding s (wall, summed), ms/sentence"],
+                     [f"{n}", f"{s:.1f}", f"{1000 * s / n:.2f}"]))
+    if sp:
+        r = sp[-1]
+        rows += [(["encode 1,000 sentences: CPU s, wall s, load average"],
+                  [f"{r['encode_cpu_s_per_1000']}", f"{r['encode_wall_s_per_1000']}",
+                   f"{r['load_average_1min']}"]),
+                 (["load a cached store, s"], [f"{r['cached_store_load_s']}"]),
+                 (["cached episodes/s, 5-way 1-shot / 5-shot"], [f"{r['episodes_per_s_5w1s']}",
+                                                                 f"{r['episodes_per_s_5w5s']}"])]
+    return ["what", "figures"], rows, []
+
+
+# ----- issue 18: batch-norm mode, Omniglot protocols --------------------------------------------------------
+
+def bn_mode() -> Table | None:
+    recs = read("bn/protonet-omniglot.jsonl")
+    if not recs:
+        return None
+    rows = [([r["checkpoint"], r["bn"]], [f"{r['acc']:.2f} +- {r['ci95']:.2f}"]) for r in recs]
+    return ["checkpoint", "batch norm", "test 5-way 1-shot"], rows, []
+
+
+def omniglot_protocols() -> Table | None:
+    recs = read("omniglot/protocols.jsonl")
+    if not recs:
+        return None
+    rows = [([r["checkpoint"], r["protocol"], str(r["classes"])], [pm(r["acc"], r["ci95"])]) for r in recs]
+    return ["checkpoint", "protocol", "classes", "test 5-way 1-shot"], rows, []
+
+
+TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
+    ("Photos: test table", "photos/test.jsonl, resnet12/eval.jsonl", photos_test),
+    ("Photos: the choice (validation)", "photos/selection.jsonl, photos/candidates_speed.jsonl",
+     photos_selection),
+    ("Photos: speed", "photos/speed.jsonl", photos_speed),
+    ("MAML on the CPU against learn2learn (part 4)", "maml/l2l_side_by_side_A.jsonl", maml_l2l),
+    ("MAML: torch.compile on the CPU", "maml/compile_cpu.jsonl", maml_compile),
+    ("Calibration of protonet-omniglot", "calibration/protonet-omniglot.json", calibration),
+    ("ResNet-12 on the mini-ImageNet sample", "resnet12/eval.jsonl", resnet12),
+    ("Prototypical Networks on Omniglot: batch-norm mode", "bn/protonet-omniglot.jsonl", bn_mode),
+    ("Prototypical Networks on Omniglot: the two protocols", "omniglot/protocols.jsonl", omniglot_protocols),
+    ("Text: speed", "text/encode_all.jsonl, text/speed.jsonl", text_speed),
+    ("Text: Protocol 1, episodic", "text/episodic*.jsonl", text_episodic),
+    ("Text: MAML inner rate 4.0, fold 1", "text/maml_inner_lr4_fold1.jsonl", text_inner_lr4),
+    ("Text: Protocol 2, full-way", "text/fullway*.jsonl", text_fullway),
+    ("Text: out-of-scope detection", "text/fullway.jsonl", text_oos),
+    ("Text: the bundled protonet-minilm-intents", "text/bundled_eval.jsonl, text/episodic.jsonl",
+     text_bundled),
+]
+
+NUM = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def numbers(text: str) -> list[str]:
+    return NUM.findall(re.sub(r"(?<=\d),(?=\d{3})", "", text.replace("**", "")))
+
+
+def found(values: list[str], lines: list[list[str]]) -> bool:
+    """Do the figures of ``values`` occur, in this order (not necessarily adjacent), in one of ``lines``?"""
+    want = numbers(" ".join(values))
+
+    def within(line: list[str]) -> bool:
+        it = iter(line)
+        return all(any(tok == w for tok in it) for w in want)
+
+    return not want or any(within(line) for line in lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", metavar="RESULTS_MD", help="look for every generated row in this file")
+    a = ap.parse_args()
+    tables: list[list[str]] = []
+    every: list[list[str]] = []
+    if a.check:
+        text = Path(a.check).read_text().splitlines()
+        tables = [numbers(ln) for ln in text if ln.startswith("|")]
+        every = [numbers(ln) for ln in text]
+    for title, source, fn in TABLES:
+        print(f"#### {title} (results/{source})\n")
+        table = fn()
+        if table is None:
+            print("no records found\n")
+            continue
+        head, rows, notes = table
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        for labels, values in rows:
+            print("| " + " | ".join(labels + values) + " |")
+        for note in notes:
+            print(f"\n{note}")
+        if a.check:
+            lines = every if TEXT_FIGURES in notes else tables
+            miss = [" | ".join(lab + val) for lab, val in rows if not found(val, lines)]
+            print(f"\ncheck: {len(rows) - len(miss)} of {len(rows)} rows found in {a.check}"
+                  + "".join(f"\n  not found: {m}" for m in miss))
+        print()
+
+
+if __name__ == "__main__":
+    main()
