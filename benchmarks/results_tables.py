@@ -269,6 +269,44 @@ def omniglot_protocols() -> Table | None:
     return ["checkpoint", "protocol", "classes", "test 5-way 1-shot"], rows, []
 
 
+def _ci(wrong: int, trials: int) -> str:
+    from metashot.stats import binomial_ci
+
+    lo, hi = binomial_ci(wrong, trials)
+    return f"{100 * wrong / trials:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
+def lake_validation() -> Table | None:
+    recs = read("lake/val.jsonl")
+    if not recs:
+        return None
+    rows = [([r["train_set"], r["candidate"], str(r["episodes"])],
+             [f"{r['wrong']}/{r['val_trials']}", _ci(r["wrong"], r["val_trials"]),
+              f"{r['train_seconds']:.0f}"]) for r in recs]
+    head = ["training set", "candidate", "episodes", "wrong", "val error % [95% CI]", "train wall s"]
+    return head, rows, []
+
+
+def lake_test() -> Table | None:
+    recs = read("lake/test.jsonl")
+    if not recs:
+        return None
+    rows = [([r["train_set"], r["chosen"]], [_ci(round(r["val_error"] * 10), 1000),
+                                             f"{r['test_wrong']}/{r['test_trials']}",
+                                             _ci(r["test_wrong"], r["test_trials"])]) for r in recs]
+    return ["training set", "chosen on validation", "val error % [95% CI]", "test wrong",
+            "test error % [95% CI]"], rows, []
+
+
+def rl_fine_grid() -> Table | None:
+    recs = read("rl/test_fine_grid.jsonl")
+    if not recs:
+        return None
+    rows = [([r["policy"], f"{r['inner_lr'][0]}, {r['inner_lr'][1]}"],
+             [pm(m, c) for m, c in zip(r["returns"], r["ci95"], strict=True)]) for r in recs]
+    return ["policy", "steps (fine grid)", "0 steps", "1 step", "2 steps", "3 steps"], rows, []
+
+
 TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
     ("Photos: test table", "photos/test.jsonl, resnet12/eval.jsonl", photos_test),
     ("Photos: the choice (validation)", "photos/selection.jsonl, photos/candidates_speed.jsonl",
@@ -281,6 +319,10 @@ TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
     ("Prototypical Networks on Omniglot: batch-norm mode", "bn/protonet-omniglot.jsonl", bn_mode),
     ("Prototypical Networks on Omniglot: the two protocols", "omniglot/protocols.jsonl", omniglot_protocols),
     ("Text: speed", "text/encode_all.jsonl, text/speed.jsonl", text_speed),
+    ("Lake: candidates on the validation runs", "lake/val.jsonl", lake_validation),
+    ("Lake: the chosen models on the official runs", "lake/test.jsonl", lake_test),
+    ("2D navigation: fine step-size grid, pretrained and random init", "rl/test_fine_grid.jsonl",
+     rl_fine_grid),
     ("Text: Protocol 1, episodic", "text/episodic*.jsonl", text_episodic),
     ("Text: MAML inner rate 4.0, fold 1", "text/maml_inner_lr4_fold1.jsonl", text_inner_lr4),
     ("Text: Protocol 2, full-way", "text/fullway*.jsonl", text_fullway),
