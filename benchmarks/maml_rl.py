@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from metashot.rl.core import policy_params
+from metashot.rl.policy import policy_params
 from metashot.rl.train import RLConfig, iteration_generator, load_policy, make_policy, meta_step
 
 

@@ -30,8 +30,9 @@ from metashot.algorithms.base import available_algorithms
 from metashot.checkpoint import build_learner
 from metashot.config import Config
 from metashot.data import load_split
+from metashot.data.device import DeviceSampler
 from metashot.data.episodes import EpisodeSampler
-from metashot.train import DeviceSampler, Trainer
+from metashot.train import Trainer
 
 PRESETS: dict[str, dict[str, Any]] = {
     "protonet": {

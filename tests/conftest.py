@@ -28,6 +28,18 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def text_data_root() -> Path:
+    root = Path(os.environ["METASHOT_DATA"])
+    needed = [root / "text" / "banking77" / "train.csv", root / "text" / "clinc150" / "data_full.json",
+              root / "text" / "hwu64" / "kfold1_original" / "train.csv"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        pytest.fail(f"text test data missing: {missing}. Set METASHOT_DATA to the shared data folder "
+                    f"(../shared/data beside the repository)", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def omniglot_test(data_root: Path):
     from metashot.data.omniglot import omniglot
 

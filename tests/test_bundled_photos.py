@@ -16,6 +16,8 @@ from PIL import Image
 import metashot
 from metashot.cli import main
 
+pytestmark = pytest.mark.slow
+
 
 def _flowers(data_root: Path, classes: int, per: int, first: int = 0) -> dict[str, list[Image.Image]]:
     """The first ``per`` photos of ``classes`` Flowers-102 `test` classes (class numbers 3 mod 4)."""

@@ -21,6 +21,7 @@ def test_bundled_weights_are_small_and_load_by_name():
     assert clf.image_spec is not None and clf.image_spec.size == 28 and clf.image_spec.invert
 
 
+@pytest.mark.slow
 def test_bundled_model_on_test_episodes(omniglot_test):
     clf = metashot.load("protonet-omniglot")
     res = evaluate(clf.learner, omniglot_test, 5, 1, 15, episodes=40, seed=1234, progress=False)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from metashot.cli import main
@@ -27,6 +28,7 @@ def _tiny_train(tmp_path, data_root, capsys):
     return out
 
 
+@pytest.mark.slow
 def test_train_eval_json(tmp_path, data_root, capsys):
     out = _tiny_train(tmp_path, data_root, capsys)
     assert (out / "final" / "weights.safetensors").is_file() and (out / "best" / "config.json").is_file()
@@ -84,6 +86,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "stepz" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "metashot.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "eval" in r.stdout
@@ -108,9 +111,9 @@ def test_eval_flags_given_are_used_not_the_config(monkeypatch, capsys):
     import metashot.checkpoint
     import metashot.data
     import metashot.data.checks
-    from metashot import cli
+    from metashot.evaluate import _given
 
-    assert cli._given(0, 15) == 0 and cli._given(None, 15) == 15  # 0 is a value, not "not given"
+    assert _given(0, 15) == 0 and _given(None, 15) == 15  # 0 is a value, not "not given"
     ev = {"ways": 5, "shots": 1, "queries": 15, "episodes": 600, "seed": 1234, "meta_batch": 16}
     meta = {"config": {"data": {"dataset": "folder", "test_split": "test"}, "eval": ev}}
     monkeypatch.setattr(metashot.checkpoint, "load_checkpoint", lambda *a, **k: (object(), meta))

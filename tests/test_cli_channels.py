@@ -49,6 +49,7 @@ def _rgb_checkpoint(tmp_path: Path) -> Path:
     return save_checkpoint(tmp_path / "rgb", learner, cfg.to_dict(), extra={"image_spec": spec.to_dict()})
 
 
+@pytest.mark.slow
 def test_one_channel_checkpoint_on_photos(mini_root: Path, capsys) -> None:
     rc = main(["eval", "protonet-omniglot", "--dataset", "mini_imagenet", "--episodes", "2", "--quiet"])
     assert rc == 2
@@ -59,6 +60,7 @@ def test_one_channel_checkpoint_on_photos(mini_root: Path, capsys) -> None:
     assert "its own kind (omniglot)" in line and "trained on 3-channel images" in line
 
 
+@pytest.mark.slow
 def test_three_channel_checkpoint_on_drawings(tmp_path: Path, mini_root: Path, capsys) -> None:
     ck = _rgb_checkpoint(tmp_path)
     # the official 5-alphabet set keeps the decode small; any Omniglot split is 1-channel

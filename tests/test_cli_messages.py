@@ -84,10 +84,10 @@ def test_missing_config_keys_name_the_file_and_the_key(tmp_path: Path,
     assert main(["eval", str(ck)]) == 2
     err = capsys.readouterr().err
     assert str(ck / "config.json") in err and "'config.model'" in err
-    from metashot.cli import _config_sections
+    from metashot.evaluate import config_sections
 
     with pytest.raises(ValueError, match=r"ck.*lacks 'eval', 'data.dataset'"):
-        _config_sections({"config": {"model": {}, "data": {"test_split": "test"}}}, "ck")
+        config_sections({"config": {"model": {}, "data": {"test_split": "test"}}}, "ck")
 
 
 def test_bad_run_config_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,6 +107,7 @@ def test_task_slices_partition_the_meta_batch() -> None:
         DistContext(0, 2).task_slice(1)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_single_process(tmp_path: Path, data_root: Path) -> None:
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)

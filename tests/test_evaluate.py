@@ -102,3 +102,54 @@ def test_meta_batch_and_episodes_below_one_are_errors(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=rf"{name} must be >= 1, got {kwargs[name]}"):
         episode_accuracies(_Oracle(), _toy_store(), 5, 1, 2, **{"episodes": 10, **kwargs}, progress=False)
+
+
+def test_eval_settings_are_those_the_learner_declares():
+    from metashot.algorithms.maml import MAML
+    from metashot.algorithms.protonet import ProtoNet
+    from metashot.evaluate import OverrideError, apply_eval_settings
+    from metashot.nn.backbones import build_backbone, mlp
+
+    maml = MAML(mlp(1, (8,), 1), inner_lr=0.01, inner_steps=1, loss="mse")
+    assert apply_eval_settings(maml, vectorized=False, inner_steps_test=3, inner_lr=0.5) is maml
+    assert (maml.vectorized, maml.inner_steps_test, maml.inner_lr) == (False, 3, 0.5)
+    assert apply_eval_settings(maml, inner_steps_test=0).inner_steps_test == 0  # the meta-learned start
+    with pytest.raises(OverrideError, match=r"'inner_steps_test' must be >= 0, got -1") as e:
+        apply_eval_settings(maml, inner_steps_test=-1)
+    assert (e.value.name, e.value.reason) == ("inner_steps_test", "must be >= 0, got -1")
+    with pytest.raises(OverrideError, match=r"'inner_steps' is not one evaluation may change"):
+        apply_eval_settings(maml, inner_steps=2)  # a training setting: changing it would change the weights
+    proto = ProtoNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4, depth=2))
+    with pytest.raises(OverrideError, match=r"'vectorized' applies to the gradient-based learners.*"
+                                            r"ProtoNet \(protonet\) has no inner loop to vectorise"):
+        apply_eval_settings(proto, vectorized=True)
+    assert apply_eval_settings(proto) is proto  # nothing to set: nothing asked of the learner
+
+
+def test_evaluate_checkpoint_uses_the_checkpoints_config_unless_told(tmp_path):
+    from PIL import Image
+
+    from metashot.checkpoint import build_learner, save_checkpoint
+    from metashot.config import Config
+    from metashot.evaluate import OverrideError, evaluate_checkpoint
+
+    root = tmp_path / "mine"
+    for c in range(4):  # a user's folder of 4 classes of constant images: ProtoNet on pixels is exact
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 60 * c, np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    cfg = Config.from_dict({"model": {"backbone": "conv4", "backbone_args": {"in_channels": 1, "hidden": 4,
+                                                                              "out_channels": 4, "depth": 1}},
+                            "data": {"dataset": "folder", "test_split": str(root)},
+                            "eval": {"ways": 3, "shots": 1, "queries": 2, "episodes": 5, "seed": 1}})
+    torch.manual_seed(0)
+    spec = {"size": 8, "channels": 1, "invert": False}
+    ck = save_checkpoint(tmp_path / "ck", build_learner(dict(cfg.model.__dict__)), cfg.to_dict(),
+                         extra={"image_spec": spec})
+    res = evaluate_checkpoint(ck, progress=False)
+    assert (res["ways"], res["shots"], res["episodes"], res["seed"]) == (3, 1, 5, 1)
+    assert res["checkpoint"] == str(ck) and 0.0 <= res["acc"] <= 100.0
+    again = evaluate_checkpoint(ck, ways=2, episodes=4, seed=0, progress=False)
+    assert (again["ways"], again["episodes"], again["seed"]) == (2, 4, 0)
+    with pytest.raises(OverrideError, match="ProtoNet"):
+        evaluate_checkpoint(ck, progress=False, inner_steps_test=1)

@@ -60,6 +60,7 @@ def test_modified_hausdorff_by_hand() -> None:
     assert np.allclose(ink_points(img), [[-1, -1], [1, 1]])
 
 
+@pytest.mark.slow
 def test_mhd_baseline_reproduces_the_official_demo(runs: list[LakeRun]) -> None:
     res = evaluate_mhd(runs)
     # 155 of 400 test images wrong: 38.75%, which the demo prints as 38.8%.

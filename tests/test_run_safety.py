@@ -23,8 +23,8 @@ from metashot.config import Config
 from metashot.data.episodes import EpisodeSampler
 from metashot.data.store import ClassStore
 from metashot.nn.backbones import build_backbone
-from metashot.runfolder import RunFolderLockedError
-from metashot.train import Trainer, _truncate_metrics, train_from_config
+from metashot.runs import RunDir, RunFolderLockedError
+from metashot.train import Trainer, train_from_config
 
 STAGES = ("written", "moved_old", "moved_new", "cleaned")
 
@@ -178,6 +178,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_a_locked_run_folder_is_refused_naming_the_other_process(tmp_path: Path) -> None:
     from metashot.rl.train import RLConfig, train_rl
 
@@ -203,8 +204,8 @@ def test_torn_last_metrics_line_is_dropped_and_a_corrupt_one_is_named(tmp_path: 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.9}\n{"step": 6, "lo')
     with pytest.warns(UserWarning, match=r"metrics.jsonl: dropping its unreadable last line 3"):
-        _truncate_metrics(log, 4)
+        RunDir(log.parent).truncate_metrics(4)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [2, 4]
     log.write_text('{"step": 2}\n{"ste\n{"step": 4}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: "):
-        _truncate_metrics(log, 4)
+        RunDir(log.parent).truncate_metrics(4)

@@ -18,17 +18,13 @@ from safetensors.torch import load_file
 from metashot.algorithms.protonet import ProtoNet
 from metashot.checkpoint import load_train_state, read_meta
 from metashot.config import Config
+from metashot.data.device import DeviceSampler
 from metashot.data.episodes import EpisodeSampler
 from metashot.data.store import ClassStore
 from metashot.nn.backbones import build_backbone
-from metashot.train import (
-    DeviceSampler,
-    NonFiniteLossError,
-    Trainer,
-    lr_factor,
-    optimizer_state_flat,
-    optimizer_state_unflat,
-)
+from metashot.optim import NonFiniteLossError, lr_factor
+from metashot.train import Trainer
+from metashot.train_state import optimizer_state_flat, optimizer_state_unflat
 
 
 def tiny_store(classes: int = 12, per_class: int = 6, seed: int = 0) -> ClassStore:
@@ -243,7 +239,7 @@ def test_grad_clip_bounds_the_update() -> None:
 def test_sgd_momentum_setting() -> None:
     """train.momentum reaches SGD (0: plain SGD, the Reptile interpolation step); the default stays 0.9;
     two plain-SGD steps move the weights by lr * (g1 + g2), not by the momentum-accumulated amount."""
-    from metashot.train import make_optimizer
+    from metashot.optim import make_optimizer
 
     p = [torch.nn.Parameter(torch.zeros(3))]
     assert make_optimizer(p, tiny_cfg(optimizer="sgd")).param_groups[0]["momentum"] == 0.9
@@ -405,12 +401,13 @@ def test_cli_train_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_build_trainer_passes_the_episode_group_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metashot.data.sources as sources
     import metashot.train as train_mod
 
     names = [f"g{i // 4}/c{i}" for i in range(12)]  # 3 groups of 4 classes
     store = tiny_store()
     store = ClassStore(store.images, store.offsets, names, {"name": "tiny-groups"})
-    monkeypatch.setattr(train_mod, "load_split", lambda *a, **k: store)
+    monkeypatch.setattr(sources, "load_split", lambda *a, **k: store)
     cfg = Config.from_dict({"name": "groups", "model": {"algorithm": "protonet", "backbone": "conv4",
                                                         "backbone_args": {"in_channels": 1, "hidden": 4,
                                                                           "out_channels": 4, "depth": 2}},

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,6 +19,8 @@ from metashot.checkpoint import load_train_state, read_meta
 from metashot.config import load_config
 from metashot.plot import plot_run
 from metashot.train import train_from_config
+
+pytestmark = pytest.mark.slow
 
 STEPS = 100
 CONFIG = f"""

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from metashot.cli import main
+
+pytestmark = pytest.mark.slow
 
 
 def test_train_a_timm_backbone_on_a_photo_folder(tmp_path, capsys, monkeypatch):

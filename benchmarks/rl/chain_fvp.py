@@ -2,9 +2,9 @@
 
 Paper sizes (20 tasks x 20 trajectories x 100 steps, 2 x 100 ReLU policy, one inner step 0.5), a fresh
 policy, one intra-op thread. Methods: the double backward of the KL through the inner loop (the reference),
-:class:`metashot.rl.core.ChainCurvature` on autograd's graphs (``fast=False``) and with the written-out MLP
-passes (``fast=True``), each with 1 and 2 task-chunk worker threads. Each product is also checked against the
-reference on the same vector (``max_rel_err``, float32).
+:class:`metashot.rl.curvature.ChainCurvature` on autograd's graphs (``fast=False``) and with the written-out
+MLP passes (``fast=True``), each with 1 and 2 task-chunk worker threads. Each product is also checked against
+the reference on the same vector (``max_rel_err``, float32).
 
     python benchmarks/rl/chain_fvp.py [--repeat 10]
 """
@@ -17,7 +17,9 @@ import time
 
 import torch
 
-from metashot.rl.core import ChainCurvature, flat, meta_objective, policy_params
+from metashot.rl.adaptation import meta_objective
+from metashot.rl.curvature import ChainCurvature
+from metashot.rl.policy import flat, policy_params
 from metashot.rl.train import RLConfig, iteration_generator, make_policy, sample_meta_batch
 
 

@@ -16,7 +16,9 @@ import time
 import torch
 from torch.profiler import profile
 
-from metashot.rl.core import flat, gauss_newton_fvp, meta_objective, policy_params
+from metashot.rl.adaptation import meta_objective
+from metashot.rl.curvature import gauss_newton_fvp
+from metashot.rl.policy import flat, policy_params
 from metashot.rl.train import RLConfig, iteration_generator, make_policy, sample_meta_batch
 
 

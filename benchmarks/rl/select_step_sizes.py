@@ -16,7 +16,8 @@ import json
 
 import torch
 
-from metashot.rl.train import evaluate_adaptation, load_policy, make_policy
+from metashot.rl.evaluation import evaluate_adaptation
+from metashot.rl.train import load_policy, make_policy
 
 
 def main() -> None:

@@ -41,11 +41,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
+    from metashot.algorithms.logreg import LogisticRegression
+    from metashot.algorithms.ncm import NearestClassMean
     from metashot.checkpoint import load_checkpoint
     from metashot.config import load_config
     from metashot.data import load_split
     from metashot.evaluate import episode_accuracies
-    from metashot.text.baselines import LogisticRegression, NearestClassMean
     from metashot.train import train_from_config
 
     out = open(a.out, "a") if a.out else None

@@ -76,9 +76,10 @@ def _finetune_top(a: argparse.Namespace, dataset: str, shots: int, support: Clas
                   queries: list[tuple[str, ClassStore]], emit: Any) -> tuple[MetaLearner, ClassStore,
                                                                            list[ClassStore], dict[str, Any]]:
     """Fine-tune the top layers on the K-shot subset: (classifier, support and query features, info)."""
+    from metashot.algorithms.logreg import LogisticRegression
+    from metashot.algorithms.ncm import NearestClassMean
     from metashot.data.text import fullway_rows
     from metashot.text import finetune as ft
-    from metashot.text.baselines import LogisticRegression, NearestClassMean
     from metashot.text.encoder import get_encoder
 
     t0 = time.perf_counter()
@@ -145,9 +146,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
+    from metashot.algorithms.logreg import LogisticRegression
+    from metashot.algorithms.ncm import NearestClassMean
     from metashot.data import load_split
     from metashot.data.text import FULLWAY_TEST, embed_part
-    from metashot.text.baselines import LogisticRegression, NearestClassMean
     from metashot.text.oos import REJECT, choose_threshold, oos_metrics, predict_with_rejection
 
     out = open(a.out, "a") if a.out else None

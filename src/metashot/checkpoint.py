@@ -161,6 +161,18 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
     ``train_state.safetensors`` + ``train_state.json`` inside the same atomic folder swap (see
     :func:`save_train_state`), so weights and the optimizer state that produced them never disagree.
     """
+    return save_module(path, learner, config, learner.algorithm_name, learner.config_dict(), extra,
+                       train_state)
+
+
+def save_module(path: str | Path, module: torch.nn.Module, config: dict[str, Any], algorithm: str,
+                module_args: dict[str, Any], extra: dict[str, Any] | None = None,
+                train_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
+    """Write any module's weights into checkpoint folder ``path`` atomically, as :func:`save_checkpoint` does.
+
+    ``config.json`` records ``algorithm`` (e.g. ``rl-policy``), ``module_args`` (as ``learner_args``: what
+    rebuilds the module), the run's ``config`` dict and the weights' SHA-256, plus the ``extra`` entries.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_signals():
@@ -168,16 +180,16 @@ def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, An
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: a checkpoint is for every user of the machine to read
         old = path.with_name(f".{path.name}.old")
         try:
-            ext_keys, ext_digests = external_state(learner)
-            state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()
+            ext_keys, ext_digests = external_state(module)
+            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
                      if k not in ext_keys}
             save_file(state, str(tmp / WEIGHTS))
             if train_state is not None:
                 save_train_state(tmp, *train_state)
             meta = {
                 "format": FORMAT,
-                "algorithm": learner.algorithm_name,
-                "learner_args": learner.config_dict(),
+                "algorithm": algorithm,
+                "learner_args": module_args,
                 "config": config,
                 "weights_sha256": sha256_file(tmp / WEIGHTS),
                 **({"external_weights": ext_digests} if ext_digests else {}),
@@ -211,8 +223,6 @@ def external_state(learner: torch.nn.Module) -> tuple[set[str], dict[str, str]]:
     """
     keys: set[str] = set()
     digests: dict[str, str] = {}
-    if not isinstance(learner, torch.nn.Module):  # e.g. meta-RL's policy wrapper: nothing external
-        return keys, digests
     for name, mod in learner.named_modules():
         fn = getattr(mod, "external_state_keys", None)
         if fn is None:
@@ -253,13 +263,8 @@ def load_train_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     if meta.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_JSON} format {meta.get('format')!r} "
                               f"is not {TRAIN_STATE_FORMAT!r}")
-    if sha256_file(ts) != meta.get("tensors_sha256"):
-        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_TENSORS} does not match the SHA-256 in "
-                              f"{TRAIN_STATE_JSON}; the file was modified or truncated")
-    try:
-        tensors = load_file(str(ts))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {folder}: {TRAIN_STATE_TENSORS} cannot be read ({e})") from e
+    tensors = read_weights(folder, meta, file=TRAIN_STATE_TENSORS, digest_key="tensors_sha256",
+                           recorded_in=TRAIN_STATE_JSON)
     return tensors, meta
 
 
@@ -329,23 +334,25 @@ def _model_section(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def read_weights(path: Path, meta: dict[str, Any],
-                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The tensors of checkpoint folder ``path`` after checking them against the SHA-256 in ``meta``."""
-    wfile = path / WEIGHTS
+def read_weights(path: Path, meta: dict[str, Any], device: str | torch.device = "cpu",
+                 file: str = WEIGHTS, digest_key: str = "weights_sha256",
+                 recorded_in: str = CONFIG) -> dict[str, torch.Tensor]:
+    """The tensors of ``path/file`` (the weights, or the training state's tensors) after checking them against
+    the SHA-256 that ``meta[digest_key]`` (read from ``recorded_in``) records."""
+    wfile = path / file
     if not wfile.is_file():
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is missing")
+        raise CheckpointError(f"checkpoint {path}: {file} is missing")
     digest = sha256_file(wfile)
-    if digest != meta.get("weights_sha256"):
+    if digest != meta.get(digest_key):
         raise CheckpointError(
-            f"checkpoint {path}: {WEIGHTS} has SHA-256 {digest[:16]}... but {CONFIG} records "
-            f"{str(meta.get('weights_sha256'))[:16]}...; the file was modified or truncated. Re-create or "
+            f"checkpoint {path}: {file} has SHA-256 {digest[:16]}... but {recorded_in} records "
+            f"{str(meta.get(digest_key))[:16]}...; the file was modified or truncated. Re-create or "
             f"re-download it"
         )
     try:
         state = load_file(str(wfile), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} cannot be read ({e})") from e
+        raise CheckpointError(f"checkpoint {path}: {file} cannot be read ({e})") from e
     return state
 
 

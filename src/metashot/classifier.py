@@ -149,16 +149,24 @@ class FewShotClassifier:
         index = {c: i for i, c in enumerate(classes)}
         y = torch.tensor([index[label] for label in labels], device=self.device)
         x = self._to_tensor(images, "fit images")
-        if self.learner.adapt_needs_grad:
+        with self.learner.adapt_mode():
             predictor = self.learner.adapt(x, y)
-        else:
-            with torch.inference_mode():
-                predictor = self.learner.adapt(x, y)
         self._predictor = predictor
         arr = np.empty(len(classes), dtype=object)
         arr[:] = classes
         self.classes_ = arr
         return self
+
+    def fit_folder(self, support: str | Path) -> FewShotClassifier:
+        """Adapt to a folder of class subfolders (the class names are the labels), with ``list_folder``'s
+        rules. Returns self."""
+        from metashot.data.folder import list_folder
+
+        images, labels = [], []
+        for name, files in list_folder(Path(support)).items():
+            images += files
+            labels += [name] * len(files)
+        return self.fit(images, labels)
 
     def decision_function(self, images: Any) -> np.ndarray:
         """Scores (logits divided by the checkpoint's calibration temperature) [n, n_classes]."""
@@ -166,8 +174,7 @@ class FewShotClassifier:
             raise NotFittedError("call fit(images, labels) with a support set before predicting")
         x = self._to_tensor(images, "predict images")
         out = []
-        ctx = torch.enable_grad if self.learner.adapt_needs_grad else torch.inference_mode
-        with ctx():
+        with self.learner.adapt_mode():
             for i in range(0, len(x), self.batch_size):
                 out.append(self._predictor(x[i : i + self.batch_size]).detach().float().cpu())
         logits = torch.cat(out)
@@ -196,6 +203,65 @@ def _caller_level() -> int:
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     return level
+
+
+def query_images(query: str | Path) -> list[Path]:
+    """The images to classify: one image file, or the images of a folder (``list_images``' rules: other
+    files skipped with one warning naming them all, unreadable images fail)."""
+    from metashot.data.folder import IMAGE_SUFFIXES, list_images
+
+    q = Path(query)
+    if q.is_file():
+        if q.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"query {q} is a file but not an image (expected one of "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))}); give an image or a folder of images")
+        return [q]
+    if not q.exists():
+        raise FileNotFoundError(f"query {q} does not exist (give an image file or a folder of images)")
+    return list_images(q)
+
+
+def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str | Path,
+                       output: str | Path | None = None) -> int:
+    """``metashot predict`` for an image checkpoint: fit on a folder of class subfolders, write
+    ``file,label,confidence`` rows for the query image or folder to ``output`` (default: standard output)."""
+    import csv
+
+    from metashot.csv_safe import spreadsheet_safe
+
+    clf.fit_folder(support)
+    queries = query_images(query)
+    proba = clf.predict_proba(queries)
+    out = open(output, "w", newline="") if output else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["file", "label", "confidence"])
+        for f, p in zip(queries, proba, strict=True):
+            k = int(p.argmax())
+            w.writerow([spreadsheet_safe(f), spreadsheet_safe(clf.classes_[k]), f"{p[k]:.4f}"])
+    finally:
+        if output:
+            out.close()
+    return 0
+
+
+def bundled_models() -> list[dict[str, str]]:
+    """The checkpoints shipped with metashot, loadable by name with :func:`load`: ``{name, card, path}``
+    each, where the card reads domain | input | training | measured figure ("(no card)" when missing)."""
+    import json
+
+    from metashot.checkpoint import CONFIG, bundled_names, bundled_path
+
+    rows = []
+    for name in bundled_names():
+        path = bundled_path(name)
+        assert path is not None
+        try:
+            card = json.loads((path / CONFIG).read_text()).get("card", "")
+        except (OSError, ValueError, AttributeError):
+            card = ""
+        rows.append({"name": name, "card": card or "(no card)", "path": str(path)})
+    return rows
 
 
 def _temperature(value: Any, where: str = "checkpoint") -> float:

@@ -14,7 +14,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -96,23 +96,42 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class RunConfig:
+    """What every run configuration shares (:class:`Config`; meta-RL's ``RLConfig``): a ``name``, a ``train``
+    section with ``out_dir``, a JSON form, and reading from a dict with every key type- and range-checked."""
+
     name: str = "run"
+    if TYPE_CHECKING:  # each kind of run has its own train section; all have out_dir
+        train: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict[str, Any], source: str = "config") -> _C:
+        """Build from ``d`` (``source`` names it in errors), then :meth:`validate` what spans keys."""
+        cfg = _build(cls, d, source)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, where: str) -> None:
+        """Checks that span several keys (each key's type and range are checked while reading); none here."""
+
+    def out_dir(self) -> Path:
+        """``train.out_dir``, or ``runs/<name>``."""
+        return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
+
+
+_C = TypeVar("_C", bound=RunConfig)
+
+
+@dataclass
+class Config(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
-        return _build(cls, d, source)
-
-    def out_dir(self) -> Path:
-        return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,13 @@ class DistContext:
             return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
         return cls()
 
+    def device(self, name: str) -> torch.device:
+        """The device ``name`` (``train.device``); a bare ``cuda`` under torch.distributed: this rank's."""
+        dev = torch.device(name)
+        if dev.type == "cuda" and dev.index is None and self.enabled:
+            dev = torch.device("cuda", self.local_rank)
+        return dev
+
     def task_slice(self, tasks: int) -> slice:
         """This rank's contiguous share of ``tasks`` episodes (sizes differ by at most one).
 

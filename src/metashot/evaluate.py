@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,6 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
     was_training = learner.training
     learner.eval()
     accs = np.empty(episodes)
-    ctx = contextlib.nullcontext if learner.adapt_needs_grad else torch.inference_mode
     try:
         with features_in, tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress,
                                leave=False) as bar:
@@ -69,7 +69,7 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
                 stop = min(start + meta_batch, episodes)
                 batches = [sampler.sample(i) for i in range(start, stop)]
                 batch = _concat(batches).to(device)
-                with ctx():
+                with learner.adapt_mode():
                     logits = learner.predict_batch(batch)
                 if not bool(torch.isfinite(logits).all()):
                     bad = int((~torch.isfinite(logits)).sum())
@@ -101,6 +101,106 @@ def evaluate(learner: MetaLearner, store: ClassStore, ways: int = 5, shots: int 
     }
 
 
+# Settings a checkpoint's learner may be evaluated with instead of its own: they change no weight. A learner
+# accepts one when its config_dict() has that key (the constructor argument it is rebuilt with); the value is
+# (type, smallest allowed value or None, what a learner without it lacks).
+EVAL_SETTINGS: dict[str, tuple[type, float | None, str]] = {
+    "vectorized": (bool, None, "no inner loop to vectorise"),
+    "inner_steps_test": (int, 0, "no inner loop"),
+    "inner_lr": (float, None, "no inner-loop step size"),
+}
+
+
+class OverrideError(ValueError):
+    """An evaluation setting the learner does not accept, or a value out of range.
+
+    ``name`` is the setting (a key of :data:`EVAL_SETTINGS`) and ``reason`` the rest of the message, so a
+    caller can name the setting its own way (the CLI names its flag).
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__(f"evaluation setting {name!r} {reason}")
+
+
+def apply_eval_settings(learner: MetaLearner, **settings: Any) -> MetaLearner:
+    """Set test-time ``settings`` (e.g. ``vectorized=False``, ``inner_steps_test=3``) on ``learner``, in the
+    order given; returns it.
+
+    Raises:
+        OverrideError: a name that is no evaluation setting, one the learner's ``config_dict()`` does not
+            declare (naming the algorithm), or a value below the setting's minimum.
+    """
+    declared = learner.config_dict() if settings else {}
+    for name, value in settings.items():
+        if name not in EVAL_SETTINGS:
+            raise OverrideError(name, f"is not one evaluation may change; those are {sorted(EVAL_SETTINGS)}")
+        kind, low, lacks = EVAL_SETTINGS[name]
+        if name not in declared:
+            raise OverrideError(name, f"applies to the gradient-based learners (whose config has {name!r}); "
+                                      f"{type(learner).__name__} ({learner.algorithm_name}) has {lacks}")
+        if low is not None and value < low:
+            raise OverrideError(name, f"must be >= {low}, got {value}")
+        setattr(learner, name, kind(value))
+    return learner
+
+
+def config_sections(meta: dict[str, Any], checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``data`` and ``eval`` sections of a checkpoint's config; a missing one is an error naming them."""
+    cfg = meta["config"]
+    missing = [k for k in ("data", "eval") if not isinstance(cfg.get(k), dict)]
+    if "data" not in missing:
+        missing += [f"data.{k}" for k in ("dataset", "test_split") if k not in cfg["data"]]
+    if missing:
+        raise ValueError(f"checkpoint {checkpoint}: the config in its config.json lacks "
+                         f"{', '.join(repr(k) for k in missing)}; re-create the checkpoint")
+    return cfg["data"], cfg["eval"]
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (None); unlike ``value or default``, 0 is not "not given"."""
+    return default if value is None else value
+
+
+def evaluate_checkpoint(name_or_path: str | Path, *, dataset: str | None = None, split: str | None = None,
+                        root: str | Path | None = None, ways: int | None = None, shots: int | None = None,
+                        queries: int | None = None, episodes: int | None = None, seed: int | None = None,
+                        meta_batch: int | None = None, device: str | torch.device = "cpu",
+                        progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Accuracy of a checkpoint (folder, run folder or bundled name) on fixed seeded episodes.
+
+    Every argument left None takes the checkpoint's own config (``data.dataset``, ``data.test_split``, the
+    ``eval`` section; 1000 episodes on Omniglot, the ProtoNet paper's protocol). ``settings`` are test-time
+    settings the learner declares (:func:`apply_eval_settings`). A user's folder, and a photo dataset for a
+    pretrained model, are read with the checkpoint's preprocessing. Returns :func:`evaluate`'s dict plus
+    ``checkpoint``.
+    """
+    from metashot.checkpoint import load_checkpoint
+    from metashot.data import load_split
+    from metashot.data.checks import check_channels
+
+    learner, meta = load_checkpoint(name_or_path, device)
+    if settings:
+        apply_eval_settings(learner, **settings)
+    data, ev = config_sections(meta, name_or_path)
+    dataset = dataset or data["dataset"]
+    split = split or data["test_split"]
+    episodes = _given(episodes, OMNIGLOT_EPISODES if dataset == "omniglot" else ev["episodes"])
+    options = dict(data.get("options") or {}) if dataset == data["dataset"] else {}
+    spec = meta.get("image_spec")
+    if spec and (dataset == "folder" or ("crop_pct" in spec and dataset in ("mini_imagenet", "flowers102"))):
+        # A user's own folder is read as `predict` reads it, with the checkpoint's preprocessing (size,
+        # channels, ink polarity, crop); so is a photo dataset for a pretrained model's own input pipeline.
+        options["image_spec"] = spec
+    store = load_split(dataset, split, root or data.get("root"), data.get("image_size"), **options)
+    check_channels(store, spec, f"checkpoint {name_or_path}", trained_on=data["dataset"])
+    res = evaluate(learner, store, _given(ways, ev["ways"]), _given(shots, ev["shots"]),
+                   _given(queries, ev["queries"]), episodes, _given(seed, ev["seed"]),
+                   _given(meta_batch, ev.get("meta_batch", 16)), device, progress=progress)
+    res["checkpoint"] = str(name_or_path)
+    return res
+
+
 def _concat(batches: list) -> Any:
     from metashot.data.episodes import EpisodeBatch
 
@@ -112,3 +212,34 @@ def _concat(batches: list) -> Any:
         torch.cat([b.query_x for b in batches]), torch.cat([b.query_y for b in batches]),
         torch.cat([b.classes for b in batches]), b0.ways, b0.shots, b0.queries,
     )
+
+
+def verification_accuracy(learner: MetaLearner, store: ClassStore, pairs: int = 2000, seed: int = 4321,
+                          batch: int = 500, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Same/different accuracy (percent) of a Siamese ``learner`` on ``pairs`` balanced held-out pairs of
+    ``store`` (seeded by ``seed``; see :class:`~metashot.data.pairs.PairSampler`)."""
+    from metashot.algorithms.siamese import SiameseNet
+    from metashot.data.pairs import PairSampler
+    from metashot.data.preprocess import to_float
+
+    if not isinstance(learner, SiameseNet):
+        raise ValueError(f"verification_accuracy: needs a Siamese network (algorithm 'siamese'), got "
+                         f"{type(learner).__name__} ({learner.algorithm_name})")
+    sampler = PairSampler(store, batch, seed)
+    was = learner.training
+    learner.eval()
+    correct = total = 0
+    try:
+        with torch.inference_mode():
+            for i in range(math.ceil(pairs / batch)):
+                pb = sampler.sample(i)
+                n = min(batch, pairs - total)
+                z1 = learner.embed(to_float(pb.x1[:n].to(device)))
+                z2 = learner.embed(to_float(pb.x2[:n].to(device)))
+                scores = learner.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
+                correct += int((learner.same_class(scores).cpu() == pb.same[:n]).sum())
+                total += n
+    finally:
+        learner.train(was)
+    return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
+            "dataset": store.meta.get("name", "?")}

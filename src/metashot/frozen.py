@@ -10,7 +10,6 @@ episodes, and the run folder gets the same files as a trained run (``config.yaml
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from metashot.checkpoint import build_learner, save_checkpoint
 from metashot.config import Config
 from metashot.data import load_split
 from metashot.evaluate import evaluate
+from metashot.runs import BEST, FINAL, RunDir
 
 
 def has_trainable_parameters(learner: torch.nn.Module) -> bool:
@@ -45,8 +45,16 @@ def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = 
                learner: MetaLearner | None = None) -> dict[str, Any]:
     """Fit the statistics of a learner without trainable parameters and write its run folder.
 
+    Holds the run folder's lock throughout; what an earlier run left there is removed first (with a warning).
     ``learner``: the config's learner if the caller built it already (it is built here otherwise).
     """
+    run = RunDir(out_dir if out_dir is not None else cfg.out_dir())
+    with run.lock():
+        run.clear()
+        return _fit_frozen(cfg, progress, run, learner)
+
+
+def _fit_frozen(cfg: Config, progress: bool, run: RunDir, learner: MetaLearner | None) -> dict[str, Any]:
     from metashot.nn.pretrained import feature_store, frozen_trunk
 
     t0 = time.perf_counter()
@@ -71,9 +79,7 @@ def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = 
         result.update(fitted="statistics", train_split=train.meta.get("name"), train_images=len(train))
     else:
         result.update(fitted="nothing")
-    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+    run.write_config(cfg.to_dict())
     lines = []
     if cfg.data.val_split:
         val = load_for(learner, cfg, cfg.data.val_split)
@@ -82,10 +88,12 @@ def fit_frozen(cfg: Config, progress: bool = True, out_dir: str | Path | None = 
                        e.meta_batch, device, progress=progress)
         lines.append({"step": 0, "val_acc": res["acc"], "val_ci95": res["ci95"]})
         result.update(best_val_acc=res["acc"], best_step=0)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run.metrics_file.touch()  # (an empty log when there is no validation split)
+    for r in lines:
+        run.log(r)
     extra = {"image_spec": trunk.image_spec.to_dict(), "step": 0}
-    for sub in ("final", "best"):
-        save_checkpoint(out / sub, learner, cfg.to_dict(), extra=extra)
-    result.update(seconds=round(time.perf_counter() - t0, 2), out_dir=str(out))
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    for sub in (FINAL, BEST):
+        save_checkpoint(run.checkpoint(sub), learner, cfg.to_dict(), extra=extra)
+    result.update(seconds=round(time.perf_counter() - t0, 2), out_dir=str(run.path))
+    run.write_summary(result)
     return result

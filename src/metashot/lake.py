@@ -15,8 +15,8 @@ ConvNet (Koch et al. 2015) 8.0%, the modified Hausdorff distance baseline of the
 
 from __future__ import annotations
 
-import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,18 @@ def mhd_costs(run: LakeRun) -> np.ndarray:
                       for j, s in enumerate(train)] for i, q in enumerate(test)])
 
 
+def select_runs(root: str | Path | None = None, val: bool = False, limit: int | None = None) -> list[LakeRun]:
+    """Lake's 20 test runs, or with ``val`` the 50 validation runs built from the held-out background
+    alphabets (choose models on these); only the first ``limit`` when given."""
+    if val:
+        from metashot.data.lake_runs import validation_runs
+
+        runs = validation_runs(root=root)
+    else:
+        runs = load_lake_runs(root)
+    return runs[:limit] if limit else runs
+
+
 def run_error(predicted: np.ndarray, run: LakeRun) -> float:
     """Percent of a run's test images whose predicted training index is wrong."""
     return float(100.0 * np.mean(np.asarray(predicted) != run.answers))
@@ -106,13 +118,12 @@ def evaluate_learner(learner: MetaLearner, image_spec: ImageSpec | dict[str, Any
     runs = load_lake_runs() if runs is None else runs
     was = learner.training
     learner.eval()
-    ctx = contextlib.nullcontext if learner.adapt_needs_grad else torch.inference_mode
     errors = []
     try:
         for r in runs:
             sx, qx = _images(r.train_images, spec, device), _images(r.test_images, spec, device)
             sy = torch.arange(r.ways, device=device)
-            with ctx():
+            with learner.adapt_mode():
                 logits = learner.adapt(sx, sy)(qx)
             if logits.shape != (len(r.test_files), r.ways):
                 raise ValueError(f"Lake evaluation: {learner.algorithm_name} returned logits of shape "

@@ -65,6 +65,13 @@ def train_acc_percent(records: list[dict[str, Any]]) -> list[float]:
     return [100 * a for a in acc] if max(acc, default=0.0) <= 1.0 else acc
 
 
+def plot_any_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """:func:`plot_run`, or for a meta-RL run its return curves (:func:`metashot.rl.plots.plot_rl_run`)."""
+    from metashot.rl.plots import is_rl_run, plot_rl_run
+
+    return plot_rl_run(run_dir, output) if is_rl_run(run_dir) else plot_run(run_dir, output)
+
+
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the learning curves of ``run_dir`` as a PNG (default RUN_DIR/learning_curves.png); its path.
 

@@ -49,6 +49,7 @@ def test_pretraining_uses_store_class_labels() -> None:
 
 
 @pytest.mark.parametrize("head", ["linear", "cosine"])
+@pytest.mark.slow
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, head: str,
                              one_thread: None, meta_train) -> None:
     torch.manual_seed(0)

@@ -1,4 +1,6 @@
-"""MAML family: exactness of the vectorised path, finite differences, first vs second order, update rules.
+"""MAML (and Meta-SGD / ANIL where they share its inner loop): exactness of the vectorised path, finite
+differences, first vs second order. The update rules of Meta-SGD, ANIL and Reptile are checked by hand in
+test_metasgd.py, test_anil.py and test_reptile.py.
 
 All gradient checks run in float64 on tiny networks so that they are exact to rounding and fast.
 """
@@ -11,9 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.maml import ANIL, MAML, MetaSGD
-from metashot.algorithms.reptile import Reptile
 from metashot.data.episodes import EpisodeBatch
-from metashot.nn.backbones import maml_omniglot
 from metashot.nn.functional import (
     _BatchNormalize,
     batch_norm_batch_stats,
@@ -22,37 +22,9 @@ from metashot.nn.functional import (
     params_and_buffers,
 )
 
+from ._helpers import _batch, _meta_grad, _tiny_conv
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _batch(T: int, N: int, K: int, Q: int, side: int = 8, seed: int = 0,
-           dtype: torch.dtype = torch.float64) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(T, N * K, 1, side, side, generator=g, dtype=dtype)
-    qx = torch.randn(T, N * Q, 1, side, side, generator=g, dtype=dtype)
-    sy = torch.arange(N).repeat_interleave(K).expand(T, -1)
-    qy = torch.arange(N).repeat_interleave(Q).expand(T, -1)
-    return EpisodeBatch(sx, sy, qx, qy, torch.zeros(T, N, dtype=torch.long), N, K, Q)
-
-
-def _tiny_conv(seed: int = 0, ways: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    net = maml_omniglot(in_channels=1, hidden=4, out_features=ways).double()
-    with torch.no_grad():  # non-trivial batch-norm affine parameters
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return net
-
-
-def _meta_grad(learner: MAML, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    loss, _ = learner.meta_loss(batch)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params,
-                                                                                                  strict=True)])
-    return loss.detach(), flat
 
 
 @pytest.mark.parametrize(("cls", "steps"), [(MAML, 1), (MAML, 5), (MetaSGD, 2), (ANIL, 2)])
@@ -221,6 +193,7 @@ def test_task_workers_leave_module_alone_and_refuse_dropout() -> None:
 
 
 @pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.slow
 def test_compiled_meta_loss_equals_eager_with_batch_norm(first_order: bool) -> None:
     """train.compile: torch.compile of the vectorised meta-loss with batch norm traces (the batch norm must
     take its explicit plain form while dynamo traces, also where eager first order uses the analytic
@@ -291,87 +264,6 @@ def test_first_order_is_second_order_without_hessian_term() -> None:
     assert torch.allclose(g_fo, flat_gq, rtol=1e-10, atol=1e-13)
     assert torch.allclose(g_so, flat_gq - a * flat_hvp, rtol=1e-9, atol=1e-12)
     assert float((g_so - g_fo).norm()) > 1e-6  # the Hessian term is not negligible here
-
-
-class _Scalar(nn.Module):
-    """y = w * x + b on scalars; out [B, 1] (hand-computable)."""
-
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.head = nn.Linear(1, 1).double()
-        with torch.no_grad():
-            self.head.weight.fill_(w)
-            self.head.bias.fill_(b)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-
-def _reg_batch(xs: list[float], ys: list[float], xq: list[float], yq: list[float]) -> EpisodeBatch:
-    t = lambda v: torch.tensor(v, dtype=torch.float64).view(1, -1, 1)  # noqa: E731
-    return EpisodeBatch(t(xs), t(ys), t(xq), t(yq), torch.zeros(1, 1), 1, len(xs), len(xq))
-
-
-def test_meta_sgd_update_hand_computed() -> None:
-    """Meta-SGD, y = w x + b, one support point (x=1, y=3), one query point (x=2, y=1), from w=1, b=0:
-    support residual r = w + b - 3 = -2, grads (dw, db) = (2 r x, 2 r) = (-4, -4);
-    with alpha = (0.1, 0.2): w' = 1.4, b' = 0.8; query residual r_q = 2 w' + b' - 1 = 2.6, L_q = 6.76;
-    dL_q/d alpha_w = 2 r_q * 2 * (-dw) = 41.6, dL_q/d alpha_b = 2 r_q * 1 * (-db) = 20.8."""
-    learner = MetaSGD(_Scalar(1.0, 0.0), inner_lr=0.1, inner_steps=1, loss="mse", vectorized=False).double()
-    with torch.no_grad():
-        learner.inner_lrs["head__bias"].fill_(0.2)
-    loss, _ = learner.meta_loss(_reg_batch([1.0], [3.0], [2.0], [1.0]))
-    assert float(loss.detach()) == pytest.approx(6.76, rel=1e-12)
-    lrs = learner.inner_lrs
-    ga_w, ga_b = torch.autograd.grad(loss, [lrs["head__weight"], lrs["head__bias"]])
-    assert float(ga_w) == pytest.approx(41.6, rel=1e-12)
-    assert float(ga_b) == pytest.approx(20.8, rel=1e-12)
-
-
-def test_anil_adapts_only_the_head() -> None:
-    torch.manual_seed(0)
-    net = maml_omniglot(in_channels=1, hidden=4, out_features=3).double()
-    learner = ANIL(net, inner_lr=0.5, inner_steps=1).double()
-    assert learner.adapted_names == ["head.weight", "head.bias"]
-    batch = _batch(T=1, N=3, K=2, Q=1)
-    params, buffers = params_and_buffers(net)
-    sx, sy, _, _ = batch.task(0)
-    adapted = learner.adapt_params(params, buffers, sx, sy, 1, True, False)
-    g = torch.autograd.grad(F.cross_entropy(functional_forward(net, params, buffers, sx), sy),
-                            [params["head.weight"], params["head.bias"]])
-    for k, v in adapted.items():
-        if k.startswith("head."):
-            expect = params[k] - 0.5 * g[0 if k.endswith("weight") else 1]
-            assert torch.allclose(v, expect, atol=1e-14)
-        else:
-            assert v is params[k]
-    # the body still receives a meta-gradient through the query loss
-    loss, _ = learner.meta_loss(batch)
-    loss.backward()
-    assert float(net.features[0][0].weight.grad.abs().sum()) > 0
-
-
-@pytest.mark.parametrize("vectorized", [False, True])
-def test_reptile_update_hand_computed(vectorized: bool) -> None:
-    """Reptile, y = w x + b (w=1, b=0), inner SGD lr 0.1, 2 steps on one point (x=1, y=3): step 1 grads
-    (-4, -4) -> (1.4, 0.4); step 2 residual -1.2, grads (-2.4, -2.4) -> phi = (1.64, 0.64). A second task with
-    point (x=1, y=1): grads (0, 0) -> phi = (1, 0). One SGD step of size eps = 0.5 on the surrogate gives
-    theta + eps (mean phi - theta) = (1 + 0.5 * 0.32, 0 + 0.5 * 0.32) = (1.16, 0.16)."""
-    learner = Reptile(_Scalar(1.0, 0.0), inner_lr=0.1, inner_steps=2, loss="mse",
-                      vectorized=vectorized).double()
-    t = lambda v: torch.tensor(v, dtype=torch.float64).view(2, -1, 1)  # noqa: E731
-    batch = EpisodeBatch(t([1.0, 1.0]), t([3.0, 1.0]), t([0.0, 0.0]), t([0.0, 0.0]), torch.zeros(2, 1),
-                         1, 1, 1)
-    phi = learner.task_weights(batch.support_x, batch.support_y)
-    assert torch.allclose(phi["head.weight"].view(-1), torch.tensor([1.64, 1.0], dtype=torch.float64))
-    assert torch.allclose(phi["head.bias"].view(-1), torch.tensor([0.64, 0.0], dtype=torch.float64))
-    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
-    loss, _ = learner.meta_loss(batch)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    assert float(learner.backbone.head.weight.detach()) == pytest.approx(1.16, rel=1e-12)
-    assert float(learner.backbone.head.bias.detach()) == pytest.approx(0.16, rel=1e-12)
 
 
 def test_wrong_number_of_ways_is_a_clear_error() -> None:

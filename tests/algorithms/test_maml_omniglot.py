@@ -14,7 +14,7 @@ from metashot.config import Config
 from metashot.data.episodes import EpisodeSampler
 from metashot.evaluate import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from metashot.algorithms.maml import MAML
-from metashot.data.sinusoid import SinusoidTasks, finetune_mse, sinusoid_source
+from metashot.data.sinusoid import SinusoidTasks, sinusoid_source
 from metashot.nn.backbones import mlp
+from metashot.sinusoid_eval import finetune_mse
 
 
 def test_sampler_is_seeded_and_in_range() -> None:
@@ -27,6 +28,7 @@ def test_sampler_is_seeded_and_in_range() -> None:
         sinusoid_source({"amplitudes": [0, 1]}, 10, 10, 25, 0)
 
 
+@pytest.mark.slow
 def test_meta_training_lowers_post_update_loss(one_thread: None) -> None:
     """150 second-order MAML steps (K=10, alpha=0.01, meta-batch 25; Adam 3e-3 instead of 1e-3 to be quick)
     lower the MSE after one fine-tuning step on K=5 points, on fixed held-out tasks."""
@@ -46,6 +48,7 @@ def test_meta_training_lowers_post_update_loss(one_thread: None) -> None:
     assert after[5] < after[1]  # more fine-tuning steps keep helping
 
 
+@pytest.mark.slow
 def test_sinusoid_cli_train_eval_plot(tmp_path, capsys, one_thread: None) -> None:
     import json
     from pathlib import Path

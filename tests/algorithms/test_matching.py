@@ -49,6 +49,7 @@ def test_full_context_embeddings_shapes_and_gradients() -> None:
 
 
 @pytest.mark.parametrize("fce", [False, True])
+@pytest.mark.slow
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, fce: bool,
                              one_thread: None, meta_train) -> None:
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def _toy_task(item: tuple[int, ...], ways: int = 3, shots: int = 2, queries: int
 
 def _small_conv_learner(**kw: object) -> MetaLSTM:
     backbone = build_backbone("conv4", in_channels=1, hidden=3, out_channels=3, depth=2)
-    return MetaLSTM(backbone, ways=3, item_shape=(1, 8, 8), hidden_size=4, **kw)
+    return MetaLSTM(backbone, ways=3, input_shape=(1, 8, 8), hidden_size=4, **kw)
 
 
 # -- preprocessing ----------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_second_order_meta_gradient_matches_finite_differences():
     the update cell, and the learner's initialisation c_0), differentiating through the gradients too."""
     torch.manual_seed(2)
     backbone = build_backbone("mlp", in_features=2, hidden=[3], out_features=2)
-    learner = MetaLSTM(backbone, ways=2, item_shape=(2,), inner_steps=2, hidden_size=2,
+    learner = MetaLSTM(backbone, ways=2, input_shape=(2,), inner_steps=2, hidden_size=2,
                        second_order=True, head=False).double().train()
     sx, sy, qx, qy = _toy_task((2,), ways=2, shots=2, queries=3, seed=5)
     names = [n for n, _ in learner.named_parameters()]
@@ -185,7 +185,7 @@ def test_training_mode_reaches_every_meta_parameter_and_eval_builds_no_graph():
 ])
 def test_shapes_for_any_backbone(backbone, args, item, head):
     torch.manual_seed(0)
-    learner = MetaLSTM(build_backbone(backbone, **args), ways=5, item_shape=item, inner_steps=2,
+    learner = MetaLSTM(build_backbone(backbone, **args), ways=5, input_shape=item, inner_steps=2,
                        hidden_size=4, head=head)
     sx, sy, qx, _ = _toy_task(item, ways=5, shots=1, queries=2, dtype=torch.float32)
     assert learner.initial_theta().shape == (sum(p.numel() for _, p in learner.learner_parameters()),)
@@ -198,15 +198,15 @@ def test_shapes_for_any_backbone(backbone, args, item, head):
 
 def test_argument_errors_name_the_problem():
     with pytest.raises(ValueError, match="support set has 6 classes but the learner's head has 5"):
-        learner = MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), item_shape=(4,))
+        learner = MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), input_shape=(4,))
         learner.adapt(torch.randn(6, 4), torch.arange(6))
     with pytest.raises(ValueError, match="head=False but the backbone outputs 4"):
-        MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), item_shape=(4,),
+        MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), input_shape=(4,),
                  head=False)
-    with pytest.raises(ValueError, match="item_shape"):
-        MetaLSTM(build_backbone("conv4", in_channels=3), item_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="input_shape"):
+        MetaLSTM(build_backbone("conv4", in_channels=3), input_shape=(1, 28, 28))
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 1"):
-        MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), item_shape=(4,),
+        MetaLSTM(build_backbone("mlp", in_features=4, hidden=[4], out_features=4), input_shape=(4,),
                  inner_steps=0)
 
 
@@ -229,6 +229,7 @@ def trained_run(tmp_path_factory, omniglot_train):
     return out, summary
 
 
+@pytest.mark.slow
 def test_short_omniglot_run_learns(trained_run, omniglot_test):
     from metashot.checkpoint import build_learner, load_checkpoint
     from metashot.evaluate import evaluate
@@ -246,6 +247,7 @@ def test_short_omniglot_run_learns(trained_run, omniglot_test):
     assert after > before + 10.0
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_through_load_fit_predict(trained_run, omniglot_test):
     from PIL import Image
 
@@ -277,6 +279,7 @@ def test_checkpoint_round_trip_through_load_fit_predict(trained_run, omniglot_te
     assert (clf.classes_[want] == pred).all()
 
 
+@pytest.mark.slow
 def test_bundled_omniglot_model_loads_and_classifies(omniglot_test):
     """The shipped `metalstm-omniglot` (86.0 % on 1000 test episodes, RESULTS.md) on 10 of those episodes."""
     import metashot
@@ -288,3 +291,25 @@ def test_bundled_omniglot_model_loads_and_classifies(omniglot_test):
     assert clf.image_spec is not None and clf.image_spec.invert  # raw images get the training preprocessing
     res = evaluate(learner, omniglot_test, 5, 1, 15, episodes=10, seed=1234, progress=False)
     assert res["acc"] > 70.0, res
+
+
+def test_checkpoints_that_say_item_shape_still_load(tmp_path):
+    """``item_shape`` was the name of ``input_shape`` before the rename; old checkpoints keep loading."""
+    import shutil
+
+    from metashot.checkpoint import bundled_path, load_checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(bundled_path("metalstm-omniglot"), old)
+    cfg = old / "config.json"
+    cfg.write_text(cfg.read_text().replace('"input_shape"', '"item_shape"'))
+    learner, meta = load_checkpoint(old)
+    assert "item_shape" in meta["learner_args"] and learner.input_shape == (1, 28, 28)
+    assert learner.config_dict()["input_shape"] == [1, 28, 28]
+    new, _ = load_checkpoint("metalstm-omniglot")
+    for (k, a), (_, b) in zip(learner.state_dict().items(), new.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    mlp = build_backbone("mlp", in_features=4, hidden=[4], out_features=4)
+    assert MetaLSTM(mlp, item_shape=(4,)).input_shape == (4,)
+    with pytest.raises(ValueError, match="item_shape .* disagree"):
+        MetaLSTM(mlp, input_shape=(4,), item_shape=(5,))

@@ -46,6 +46,7 @@ def test_batched_loss_equals_per_task_reference_in_eval_mode():
     assert torch.allclose(learner.predict_batch(batch), reference, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_short_omniglot_training_learns(omniglot_train, omniglot_test, tmp_path):
     from metashot.config import Config
     from metashot.evaluate import evaluate

@@ -46,6 +46,7 @@ def test_flat_backbone_is_rejected() -> None:
         RelationNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4))
 
 
+@pytest.mark.slow
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, one_thread: None,
                              meta_train) -> None:
     torch.manual_seed(0)

@@ -7,16 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from metashot.algorithms.siamese import (
-    PairSampler,
-    SiameseNet,
-    balanced_mean,
-    contrastive_loss,
-    random_affine,
-    verification_accuracy,
-)
+from metashot.algorithms.siamese import SiameseNet, balanced_mean, contrastive_loss
+from metashot.data.augment import random_affine
 from metashot.data.episodes import EpisodeSampler
+from metashot.data.pairs import PairSampler
 from metashot.data.store import ClassStore
+from metashot.evaluate import verification_accuracy
 from metashot.nn.backbones import build_backbone
 
 
@@ -89,6 +85,7 @@ def test_koch_weighted_l1_and_affine() -> None:
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "koch"])
+@pytest.mark.slow
 def test_learns_above_chance(omniglot_train: ClassStore, omniglot_test: ClassStore, loss: str,
                              one_thread: None, meta_train) -> None:
     torch.manual_seed(0)

@@ -68,6 +68,7 @@ def test_same_seed_same_episodes_different_seed_differs() -> None:
     assert digest(next(it)) == digest(a.sample(0)) and digest(next(it)) == digest(a.sample(1))
 
 
+@pytest.mark.slow
 def test_same_episodes_in_another_process(omniglot_train: ClassStore) -> None:
     """A fresh interpreter with another hash seed draws exactly these episodes."""
     assert child_report()["digests"] == child_digests()
@@ -129,6 +130,7 @@ def test_task_slices_partition_the_batch() -> None:
     assert torch.equal(torch.cat([p.classes for p in parts]), full.classes)
 
 
+@pytest.mark.slow
 def test_episode_on_real_omniglot(omniglot_train: ClassStore) -> None:
     s = EpisodeSampler(omniglot_train, 5, 1, 1, seed=0, tasks_per_batch=4)
     b = s.sample(0)

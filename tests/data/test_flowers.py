@@ -9,6 +9,7 @@ import pytest
 from metashot.data import ImageSpec, load_split
 
 
+@pytest.mark.slow
 def test_splits_are_disjoint_and_cover_the_51_classes(data_root: Path) -> None:
     val, test, every = (load_split("flowers102", s, image_size=16) for s in ("val", "test", "all"))
     assert (val.num_classes, test.num_classes, every.num_classes) == (26, 25, 51)
@@ -20,6 +21,7 @@ def test_splits_are_disjoint_and_cover_the_51_classes(data_root: Path) -> None:
     assert tuple(every.images.shape[1:]) == (3, 16, 16) and every.meta["name"] == "flowers102/all"
 
 
+@pytest.mark.slow
 def test_a_pretrained_models_preprocessing_is_applied(data_root: Path) -> None:
     spec = ImageSpec(size=20, channels=3, resize_filter="bicubic", crop_pct=0.875, mean=(0.5,) * 3,
                      std=(0.5,) * 3)

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from metashot.data.lake_runs import validation_runs
 from metashot.data.omniglot import LAKE_VAL_ALPHABETS, omniglot
@@ -32,6 +33,7 @@ def test_validation_alphabets_are_the_documented_draw(data_root: Path) -> None:
     assert tuple(sorted(random.Random(2015).sample(eligible, 5))) == LAKE_VAL_ALPHABETS
 
 
+@pytest.mark.slow
 def test_train_and_val_splits_partition_the_background_set(data_root: Path) -> None:
     train = omniglot("background_train", data_root)
     val = omniglot("background_val", data_root)

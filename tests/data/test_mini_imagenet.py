@@ -26,6 +26,7 @@ def sample_zip() -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_sample_zip_splits(sample_zip: Path) -> None:
     root = sample_zip.parent.parent
     classes = {}
@@ -42,6 +43,7 @@ def test_sample_zip_splits(sample_zip: Path) -> None:
     assert not (classes["val"] & classes["test"])
 
 
+@pytest.mark.slow
 def test_extracted_folder_gives_identical_images(sample_zip: Path, tmp_path: Path) -> None:
     target = tmp_path / "mini_imagenet"
     with zipfile.ZipFile(sample_zip) as zf:

@@ -33,6 +33,7 @@ def rotation_mismatches(store: ClassStore) -> int:
     return bad
 
 
+@pytest.mark.slow
 def test_vinyals_split_sizes_and_names(omniglot_train: ClassStore, omniglot_test: ClassStore,
                                        data_root: Path) -> None:
     val = om.omniglot("val", data_root)
@@ -52,6 +53,7 @@ def test_vinyals_split_sizes_and_names(omniglot_train: ClassStore, omniglot_test
     assert "Angelic/character01/rot090" in omniglot_train.class_names  # alphabet/character names are kept
 
 
+@pytest.mark.slow
 def test_rotation_is_per_class(omniglot_train: ClassStore) -> None:
     assert rotation_mismatches(omniglot_train) == 0
     # the rotations are not trivially equal to the upright images
@@ -63,6 +65,7 @@ def test_rotation_is_per_class(omniglot_train: ClassStore) -> None:
     assert all(differs)
 
 
+@pytest.mark.slow
 def test_rotation_check_catches_per_image_rotation(omniglot_test: ClassStore) -> None:
     """The check above fails on a store where each image draws its own rotation (the bug it guards against).
     """
@@ -82,6 +85,7 @@ def test_rotation_check_catches_per_image_rotation(omniglot_test: ClassStore) ->
     assert rotation_mismatches(broken) > 0
 
 
+@pytest.mark.slow
 def test_polarity_size_and_filter_are_documented_and_applied(omniglot_train: ClassStore,
                                                              data_root: Path) -> None:
     spec = om.OMNIGLOT_SPEC
@@ -111,6 +115,7 @@ def test_polarity_size_and_filter_are_documented_and_applied(omniglot_train: Cla
 
 @pytest.mark.parametrize(("split", "alphabets", "classes", "images"),
                          [("background_small1", 5, 136, 2720), ("background_small2", 5, 156, 3120)])
+@pytest.mark.slow
 def test_official_minimal_sets(data_root: Path, split: str, alphabets: int, classes: int,
                                images: int) -> None:
     s = om.omniglot(split, data_root)
@@ -121,6 +126,7 @@ def test_official_minimal_sets(data_root: Path, split: str, alphabets: int, clas
     assert "Latin/character01" in s.class_names
 
 
+@pytest.mark.slow
 def test_official_set_with_rotations_as_classes(data_root: Path) -> None:
     plain = om.omniglot("background_small1", data_root)
     rot = om.omniglot("background_small1", data_root, rotations=[0, 90, 180, 270])
@@ -144,6 +150,7 @@ def test_official_set_with_rotations_as_classes(data_root: Path) -> None:
         om.omniglot("train", data_root, rotations=[0, 90])
 
 
+@pytest.mark.slow
 def test_extracted_folder_gives_identical_images(data_root: Path, tmp_path: Path) -> None:
     part = "images_background_small1"
     keep = ("Early_Aramaic", "Greek")

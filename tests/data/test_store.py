@@ -142,6 +142,7 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, source: Path, damage: st
     assert build.calls == 2
 
 
+@pytest.mark.slow
 def test_omniglot_cache_keyed_by_image_size(data_root: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     s28 = omniglot_mod.omniglot("background_small1", data_root, 28, cache_dir=tmp_path)
@@ -157,6 +158,7 @@ def test_omniglot_cache_keyed_by_image_size(data_root: Path, tmp_path: Path,
     assert torch.equal(again.images, s28.images) and again.class_names == s28.class_names
 
 
+@pytest.mark.slow
 def test_full_omniglot_second_load_is_fast(omniglot_train: ClassStore) -> None:
     """Target: a cached load of full Omniglot at 28x28 in < 3 s; asserted loosely (< 10 s, shared CPU).
 
@@ -267,6 +269,7 @@ def test_verified_stamp_skips_hashing_until_the_file_changes(tmp_path: Path, sou
     assert build.calls == 2
 
 
+@pytest.mark.slow
 def test_omniglot_reload_verifies_and_stays_fast(data_root: Path, tmp_path: Path) -> None:
     """A verified reload (json checks plus one hash of the .npy) of an Omniglot store takes well under 1 s."""
     first = omniglot_mod.omniglot("background_small1", data_root, cache_dir=tmp_path)

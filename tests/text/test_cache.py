@@ -46,6 +46,7 @@ def test_second_load_needs_no_model(tmp_path: Path, hashing, monkeypatch) -> Non
     assert hashing.calls == calls + 1
 
 
+@pytest.mark.slow
 def test_text_split_from_cache(text_data_root: Path, tmp_path: Path, hashing) -> None:
     test = T.text_split("banking77", "test", text_data_root, fold=2, encoder=hashing, cache_dir=tmp_path)
     train = T.text_split("banking77", "train", text_data_root, fold=2, encoder=hashing, cache_dir=tmp_path)
@@ -64,6 +65,7 @@ def test_text_split_from_cache(text_data_root: Path, tmp_path: Path, hashing) ->
     assert full.num_classes == 77 and set(full.counts.tolist()) == {5}
 
 
+@pytest.mark.slow
 def test_registered_and_short_classes(text_data_root: Path, text_cache: Path, monkeypatch) -> None:
     monkeypatch.setenv("METASHOT_CACHE", str(text_cache))
     store = load_split("hwu64", "test", text_data_root, fold=1, encoder="hashing-bow")

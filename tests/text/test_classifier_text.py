@@ -32,6 +32,7 @@ def test_bundled_model_is_small_and_text() -> None:
     assert text_encoder_of({"config": {"data": {"dataset": "omniglot"}}}) is None
 
 
+@pytest.mark.slow
 def test_fit_predict_strings(clf) -> None:
     assert clf.text_encoder == "all-MiniLM-L6-v2"
     texts, labels = zip(*SUPPORT, strict=True)
@@ -46,6 +47,7 @@ def test_fit_predict_strings(clf) -> None:
         clf.predict("a bare string")
 
 
+@pytest.mark.slow
 def test_cli_predict_text(clf, tmp_path: Path, capsys) -> None:
     sup = tmp_path / "support.csv"
     with open(sup, "w", newline="", encoding="utf-8") as f:

@@ -13,6 +13,7 @@ SENTENCES = ["I am still waiting on my card?", "My card has not arrived yet.", "
              "what is the exchange rate for euros"]
 
 
+@pytest.mark.slow
 def test_minilm_vectors(minilm) -> None:
     z = minilm.encode(SENTENCES)
     assert z.shape == (4, 384) and z.dtype == np.float32
@@ -25,6 +26,7 @@ def test_minilm_vectors(minilm) -> None:
     assert minilm.fingerprint() == encoder_fingerprint("all-MiniLM-L6-v2")
 
 
+@pytest.mark.slow
 def test_minilm_matches_sentence_transformers(minilm) -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -58,6 +60,7 @@ def test_hashing_encoder_deterministic() -> None:
     assert a[0] @ a[1] > 0.3 > abs(a[0] @ a[2])  # 3 shared n-grams of 9 vs none
 
 
+@pytest.mark.slow
 def test_quiet_silences_the_transformers_loading_bar(minilm, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """--quiet (METASHOT_QUIET=1) also silences transformers' "Loading weights" bar at each load."""

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # a few sentences: threads o
 
 
 @pytest.mark.parametrize("n_top", [1, 2])
+@pytest.mark.slow
 def test_zero_steps_reproduce_frozen_encoder(minilm, n_top: int) -> None:
     bank = ft.bottom_states(minilm, TEXTS, n_top)
     assert len(bank) == len(TEXTS) and bank.dim == 384
@@ -44,6 +45,7 @@ def _eval_loss(top: ft.TopLayers, bank: ft.TokenBank) -> float:
                               for s in range(4)]))
 
 
+@pytest.mark.slow
 def test_few_steps_lower_the_episodic_loss_deterministically(minilm) -> None:
     bank = ft.bottom_states(minilm, TEXTS, 1)
     runs = []
@@ -60,6 +62,7 @@ def test_few_steps_lower_the_episodic_loss_deterministically(minilm) -> None:
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_heldout_selection_records(minilm) -> None:
     bank = ft.bottom_states(minilm, TEXTS, 1)
     recs = ft.select_on_heldout(minilm.model, bank, LABELS, 1, lrs=[1e-4], checkpoints=[2, 0], holdout=1,
@@ -83,6 +86,7 @@ def test_token_bank_padding_and_checks() -> None:
         ft._check_n_top(7)
 
 
+@pytest.mark.slow
 def test_part_token_bank_matches_embedding_store(minilm, text_data_root, tmp_path) -> None:
     from metashot.data.text import embed_part
 

@@ -6,24 +6,40 @@
 trainer back-propagates it into the learner's parameters. Everything else (data, episodes, training loop,
 evaluation, checkpoints, CLI, fit/predict) is shared and never looks inside an algorithm.
 
-Adding an algorithm is one file: subclass :class:`MetaLearner`, decorate with ``@register("name")``, implement
-``adapt`` (and optionally a faster ``meta_loss`` / ``predict_batch``).
+Adding an algorithm is one file: put a module in ``metashot/algorithms/`` (the package imports every module
+it holds), subclass :class:`MetaLearner`, decorate with ``@register("name")``, implement ``adapt`` (and
+optionally a faster ``meta_loss`` / ``predict_batch``). Algorithms read no data: a batch is anything with the
+attributes of :class:`Batch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.data.episodes import EpisodeBatch
-
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+TaskScores = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 _REGISTRY: dict[str, type[MetaLearner]] = {}
+
+
+class Batch(Protocol):
+    """What an algorithm reads from a batch of T tasks (an ``EpisodeBatch``, a ``RegressionBatch``, ...).
+
+    Shapes: support_x [T, S, *item], support_y [T, S] (int64 labels 0..ways-1), query_x [T, M, *item],
+    query_y [T, M]; regression batches have float targets [T, S, 1] / [T, M, 1] and ``ways`` = 1 (outputs).
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    ways: int
 
 
 def register(name: str) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
@@ -68,19 +84,23 @@ class MetaLearner(nn.Module):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         raise NotImplementedError
 
+    def adapt_mode(self) -> contextlib.AbstractContextManager:
+        """Grad mode for adapt(): enabled when adaptation differentiates, else inference mode."""
+        return torch.enable_grad() if self.adapt_needs_grad else torch.inference_mode()
+
     def task_loss(self, logits: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
         """Loss of one task's query logits [M, N] against labels [M]; cross-entropy unless overridden."""
         return F.cross_entropy(logits, query_y)
 
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss over the batch's tasks, and metrics (``loss``, ``acc`` in [0, 1]).
 
         The reference implementation loops over tasks; algorithms may override it with a faster path that
         gives the same value.
         """
         losses, correct, total = [], 0, 0
-        for t in range(batch.num_tasks):
-            sx, sy, qx, qy = batch.task(t)
+        for t in range(batch.support_x.shape[0]):
+            sx, sy, qx, qy = batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t]
             logits = self.adapt(sx, sy)(qx)
             losses.append(self.task_loss(logits, qy))
             correct += int((logits.argmax(-1) == qy).sum())
@@ -88,12 +108,11 @@ class MetaLearner(nn.Module):
         loss = torch.stack(losses).mean()
         return loss, {"loss": float(loss.detach()), "acc": correct / max(total, 1)}
 
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
         """Query logits of every task: [T, N*Q, N]. Loops over tasks unless overridden."""
         out = []
-        for t in range(batch.num_tasks):
-            sx, sy, qx, _ = batch.task(t)
-            out.append(self.adapt(sx, sy)(qx).detach())
+        for t in range(batch.support_x.shape[0]):
+            out.append(self.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]).detach())
         return torch.stack(out)
 
     def config_dict(self) -> dict[str, Any]:
@@ -110,16 +129,32 @@ class BatchedEpisodesMixin:
     stays the per-task reference path.
     """
 
-    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.batched_logits(batch)
         loss = self.task_loss(logits.flatten(0, 1), batch.query_y.flatten())  # type: ignore[attr-defined]
         acc = (logits.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc)}
 
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
         if self.training:  # type: ignore[attr-defined]
             return super().predict_batch(batch)  # type: ignore[misc]
         return self.batched_logits(batch).detach()
+
+    @staticmethod
+    def one_task_predictor(embed: Callable[[torch.Tensor], torch.Tensor], scores: TaskScores,
+                           support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        """An ``adapt`` from batched scoring: embed the support set once, score each query set as one task.
+
+        ``scores(zs [T, S, ...], support_y [T, S], zq [T, M, ...], ways) -> [T, M, N]`` runs with T = 1; the
+        predictor maps query_x [M, *item] to [M, N].
+        """
+        ways = int(support_y.max()) + 1
+        zs = embed(support_x).unsqueeze(0)
+
+        def predictor(query_x: torch.Tensor) -> torch.Tensor:
+            return scores(zs, support_y.unsqueeze(0), embed(query_x).unsqueeze(0), ways)[0]
+
+        return predictor

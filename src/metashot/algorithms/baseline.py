@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.data.episodes import EpisodeBatch
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
 from metashot.nn.backbones import output_dim
 
 HEADS = ("linear", "cosine")
+
+
+class LabelledBatch(Batch, Protocol):
+    """A :class:`~metashot.algorithms.base.Batch` that also names the store class behind each episode label:
+    ``classes`` [T, N] (int64), as an ``EpisodeBatch`` does."""
+
+    classes: torch.Tensor
 
 
 class CosineHead(nn.Module):
@@ -78,7 +84,7 @@ class Baseline(MetaLearner):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x).flatten(1)
 
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: LabelledBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of the C-way classifier on every support and query item, labelled by store class."""
         gs = torch.gather(batch.classes.to(batch.support_y.device), 1, batch.support_y)
         gq = torch.gather(batch.classes.to(batch.query_y.device), 1, batch.query_y)

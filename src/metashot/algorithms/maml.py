@@ -2,65 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
 from metashot.nn.functional import BN_MODES, Params, functional_forward, inner_sgd, params_and_buffers
+from metashot.nn.threads import (
+    GivenGradients,
+    in_workers,
+    module_for,
+    structure_replicas,
+    task_chunks,
+    use_module,
+)
 
 LOSSES = ("cross_entropy", "mse")
 
 
 def _lr_key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys cannot contain dots
-
-
-# Task-parallel execution (``task_workers``): every worker thread calls the network through its own replica of
-# the backbone module, because torch.func.functional_call swaps tensors into the module object it is given
-# for the duration of the call, which is not safe when two threads share one module.
-_WORKER = threading.local()
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _forget_pools_after_fork() -> None:  # a forked child has none of the parent's worker threads
-    global _POOLS_LOCK
-    _POOLS.clear()
-    _POOLS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="metashot-task")
-        return _POOLS[workers]
-
-
-class _GivenGradients(torch.autograd.Function):
-    """``value`` whose backward hands each of ``params`` a precomputed gradient (times the incoming one)."""
-
-    @staticmethod
-    def forward(ctx: Any, value: torch.Tensor, grads: Sequence[torch.Tensor | None],
-                *params: torch.Tensor) -> torch.Tensor:
-        ctx.grads = grads
-        return value.detach().clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, None, *[None if g is None else grad_out * g for g in ctx.grads])
 
 
 @register("maml")
@@ -152,7 +116,7 @@ class MAML(MetaLearner):
         self.loss = loss
         self.bn = bn
         self.learn_inner_lr = bool(learn_inner_lr)
-        self.adapt_mode = adapt
+        self.adapt_scope = adapt  # not adapt_mode: MetaLearner.adapt_mode() is the grad-mode switch
         self.head_prefix = head_prefix
         self.checkpoint_inner = bool(checkpoint_inner)
         self.task_workers = int(task_workers)
@@ -179,7 +143,7 @@ class MAML(MetaLearner):
 
         ``analytic_bn``: see :func:`metashot.nn.functional.functional_forward` (a speed choice only).
         """
-        module = getattr(_WORKER, "modules", {}).get(id(self), self.backbone)
+        module = module_for(self, self.backbone)  # a task worker's own replica (metashot.nn.threads)
         return functional_forward(module, params, buffers, x, bn=self.bn, analytic_bn=analytic_bn)
 
     def task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -263,44 +227,25 @@ class MAML(MetaLearner):
                                              first_order, False) for t in range(support_x.shape[0])])
 
     def _chunks(self, tasks: int) -> list[tuple[int, int]]:
-        w = min(self.task_workers, tasks)
-        return [(i * tasks // w, (i + 1) * tasks // w) for i in range(w)]
+        return task_chunks(tasks, self.task_workers)
 
     def _in_workers(self, fn: Callable[[int, int], Any], tasks: int, grad: bool) -> list[Any]:
-        """``fn(lo, hi)`` for each chunk of tasks, concurrently (one backbone replica per worker thread).
-
-        Grad mode and autocast are thread-local in torch, so each worker enters the caller's.
-        """
+        """``fn(lo, hi)`` for each chunk of tasks, concurrently, each worker thread calling the network
+        through its own structure-only replica of the backbone (see :mod:`metashot.nn.threads`)."""
         chunks = self._chunks(tasks)
         if len(chunks) == 1:
             with torch.set_grad_enabled(grad):
                 return [fn(lo, hi) for lo, hi in chunks]
-        autocasts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
-                     if torch.is_autocast_enabled(d)]
-        if self._replicas and self._replicas[0][0] is not self.backbone:
-            self._replicas = []  # the backbone was replaced
-        while len(self._replicas) < len(chunks):
-            # Structure only: every parameter and buffer is passed in at each call, so the copy holds no data.
-            self._replicas.append((self.backbone, copy.deepcopy(self.backbone).to("meta")))
+        replicas = structure_replicas(self.backbone, self._replicas, len(chunks))
         flags = [m.training for m in self.backbone.modules()]
 
-        def run(k: int) -> Any:
-            replica = self._replicas[k][1]
-            for m, flag in zip(replica.modules(), flags, strict=True):
-                m.training = flag
-            modules = _WORKER.__dict__.setdefault("modules", {})
-            modules[id(self)] = replica
-            try:
-                with contextlib.ExitStack() as stack:
-                    for device, dtype in autocasts:
-                        stack.enter_context(torch.autocast(device, dtype=dtype))
-                    stack.enter_context(torch.set_grad_enabled(grad))
+        def job(k: int) -> Callable[[], Any]:
+            def run() -> Any:
+                with use_module(self, replicas[k], flags):
                     return fn(*chunks[k])
-            finally:
-                del modules[id(self)]
+            return run
 
-        futures = [_pool(len(chunks)).submit(run, k) for k in range(len(chunks))]
-        return [f.result() for f in futures]
+        return in_workers([job(k) for k in range(len(chunks))], grad=grad)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -318,7 +263,7 @@ class MAML(MetaLearner):
             return {"loss": float(loss.detach())}
         return {"loss": float(loss.detach()), "acc": float((out.argmax(-1) == y).float().mean())}
 
-    def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss of the adapted networks over the meta-batch (Eq. 2); ``loss``/``acc`` metrics."""
         self._check_ways(batch.support_x[0], batch.ways)
         tasks = batch.support_x.shape[0]
@@ -345,10 +290,10 @@ class MAML(MetaLearner):
         for i in range(len(params)):
             parts = [r[2][i] for r in results if r[2][i] is not None]
             grads.append(sum(parts) / count if parts else None)
-        loss = _GivenGradients.apply(value / count, grads, *params)
+        loss = GivenGradients.apply(value / count, grads, *params)
         return loss, self._metrics(loss, out, batch.query_y)
 
-    def predict_batch(self, batch: Any) -> torch.Tensor:
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
         self._check_ways(batch.support_x[0], batch.ways)
         # torch.func.grad differentiates inside no_grad: the vectorised inner loop needs no outer graph.
         no_graph = self.vectorized and not self.training
@@ -391,7 +336,7 @@ class MAML(MetaLearner):
         return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
                 "inner_steps_test": self.inner_steps_test, "first_order": self.first_order,
                 "vectorized": self.vectorized, "loss": self.loss, "bn": self.bn,
-                "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_mode,
+                "learn_inner_lr": self.learn_inner_lr, "adapt": self.adapt_scope,
                 "head_prefix": self.head_prefix,
                 "checkpoint_inner": self.checkpoint_inner, "task_workers": self.task_workers}
 

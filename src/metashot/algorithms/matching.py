@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
-from metashot.algorithms.siamese import random_affine
-from metashot.data.episodes import EpisodeBatch
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
+from metashot.data.augment import random_affine
 from metashot.nn.backbones import output_dim
 
 
@@ -108,15 +107,9 @@ class MatchingNet(BatchedEpisodesMixin, MetaLearner):
         return probs.clamp_min(1e-12).log()
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
-        ways = int(support_y.max()) + 1
-        zs = self.embed(support_x).unsqueeze(0)
+        return self.one_task_predictor(self.embed, self._log_probs, support_x, support_y)
 
-        def predictor(query_x: torch.Tensor) -> torch.Tensor:
-            return self._log_probs(zs, support_y.unsqueeze(0), self.embed(query_x).unsqueeze(0), ways)[0]
-
-        return predictor
-
-    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: Batch) -> torch.Tensor:
         # log-probabilities: cross-entropy on them (the default task_loss) is their negative log-likelihood
         distort = self.distort and self.training
         T, S = batch.support_x.shape[:2]

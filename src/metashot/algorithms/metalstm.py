@@ -141,9 +141,10 @@ class MetaLSTM(MetaLearner):
     head, tasks with fewer than ``ways`` classes use its first rows.
 
     Args:
-        backbone: feature network [B, *item_shape] -> [B, D] (any shape; flattened), e.g. conv4.
+        backbone: feature network [B, *input_shape] -> [B, D] (any shape; flattened), e.g. conv4.
         ways: outputs of the learner's head (N).
-        item_shape: shape of one input item, used to size the head (e.g. [1, 28, 28], [3, 84, 84]).
+        input_shape: shape of one input item, used to size the head (e.g. [1, 28, 28], [3, 84, 84]).
+        item_shape: the old name of ``input_shape`` (checkpoints and configs written before the rename).
         inner_steps: T, updates on the support set (the authors: 12 for 1-shot, 8 for 5-shot).
         hidden_size: units of the first LSTM layer (the authors: 20).
         preprocess_p: p of the gradient/loss preprocessing (10).
@@ -154,22 +155,27 @@ class MetaLSTM(MetaLearner):
     adapt_needs_grad = True
 
     def __init__(self, backbone: nn.Module, ways: int = 5,
-                 item_shape: tuple[int, ...] | list[int] = (1, 28, 28), inner_steps: int = 12,
+                 input_shape: tuple[int, ...] | list[int] | None = None, inner_steps: int = 12,
                  hidden_size: int = 20, preprocess_p: float = 10.0, second_order: bool = False,
-                 head: bool = True) -> None:
+                 head: bool = True, item_shape: tuple[int, ...] | list[int] | None = None) -> None:
         super().__init__()
+        if item_shape is not None and input_shape is not None and list(item_shape) != list(input_shape):
+            raise ValueError(f"MetaLSTM: item_shape {list(item_shape)} (the old name of input_shape) and "
+                             f"input_shape {list(input_shape)} disagree; give input_shape only")
+        input_shape = input_shape or item_shape or (1, 28, 28)
         for name, v in (("ways", ways), ("inner_steps", inner_steps), ("hidden_size", hidden_size)):
             if int(v) != v or v < 1:
                 raise ValueError(f"MetaLSTM: {name} must be an integer >= 1, got {v}")
         _batch_stats_only(backbone)
         self.backbone = backbone
         self.ways = int(ways)
-        self.item_shape = tuple(int(s) for s in item_shape)
+        self.input_shape = tuple(int(s) for s in input_shape)
         try:
-            feat = output_dim(backbone, self.item_shape)
+            feat = output_dim(backbone, self.input_shape)
         except RuntimeError as e:
-            raise ValueError(f"MetaLSTM: the backbone does not accept items of shape {list(self.item_shape)} "
-                             f"({e}); set algorithm_args.item_shape to the data's [C, H, W]") from e
+            raise ValueError(f"MetaLSTM: the backbone does not accept items of shape "
+                             f"{list(self.input_shape)} ({e}); set algorithm_args.input_shape to the data's "
+                             "[C, H, W]") from e
         if head:
             self.head: nn.Linear | None = nn.Linear(feat, self.ways)
         elif feat != self.ways:
@@ -261,6 +267,6 @@ class MetaLSTM(MetaLearner):
         return predictor
 
     def config_dict(self) -> dict[str, Any]:
-        return {"ways": self.ways, "item_shape": list(self.item_shape), "inner_steps": self.inner_steps,
+        return {"ways": self.ways, "input_shape": list(self.input_shape), "inner_steps": self.inner_steps,
                 "hidden_size": self.meta_lstm.hidden_size, "preprocess_p": self.meta_lstm.preprocess_p,
                 "second_order": self.second_order, "head": self.head is not None}

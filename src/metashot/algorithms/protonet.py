@@ -8,17 +8,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
-from metashot.data.episodes import EpisodeBatch
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
 
 
-def class_means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
-    """Mean embedding of each class: z [..., S, D], y [..., S] (0..ways-1) -> [..., ways, D]."""
+def class_sums(z: torch.Tensor, y: torch.Tensor, ways: int,
+               owner: str = "ProtoNet") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of each class's embeddings: z [..., S, D], y [..., S] (int64, 0..ways-1) ->
+    (sums [..., ways, D], counts [..., ways, 1]), both of z's dtype.
+
+    The one place the prototype rule is written (a mean is ``sums / counts``; Relation Networks and the
+    cosine rules, which normalise afterwards, use the sums). Raises ValueError naming ``owner`` when a class
+    has no example.
+    """
     onehot = F.one_hot(y, ways).to(z.dtype)  # [..., S, N]
-    sums = onehot.transpose(-1, -2) @ z  # [..., N, D]
     counts = onehot.sum(-2).unsqueeze(-1)
     if bool((counts == 0).any()):
-        raise ValueError(f"ProtoNet: a class in 0..{ways - 1} has no support example; labels must be 0..N-1")
+        raise ValueError(f"{owner}: a class in 0..{ways - 1} has no support example; labels must be 0..N-1")
+    return onehot.transpose(-1, -2) @ z, counts
+
+
+def class_means(z: torch.Tensor, y: torch.Tensor, ways: int, owner: str = "ProtoNet") -> torch.Tensor:
+    """Prototypes, the mean embedding of each class: z [..., S, D], y [..., S] (0..N-1) -> [..., ways, D]."""
+    sums, counts = class_sums(z, y, ways, owner)
     return sums / counts
 
 
@@ -66,7 +77,7 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
 
         return predictor
 
-    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: Batch) -> torch.Tensor:
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
         # where the paper's implementation also normalises over the whole episode.

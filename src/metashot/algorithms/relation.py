@@ -8,21 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
-from metashot.data.episodes import EpisodeBatch
-from metashot.nn.backbones import conv_block, register_backbone
-
-
-@register_backbone("conv4_maps")
-def conv4_maps(in_channels: int = 1, hidden: int = 64, depth: int = 4, pools: int = 2) -> nn.Module:
-    """Relation Networks' embedding: depth x [3x3 conv, BN, ReLU], 2x2 max-pool after the first ``pools``.
-
-    Returns feature maps, not vectors: [B, C, H, W] -> [B, hidden, H / 2^pools, W / 2^pools] (28x28 -> 7x7).
-    """
-    if not 0 <= pools <= depth:
-        raise ValueError(f"conv4_maps: pools must be in 0..depth={depth}, got {pools}")
-    chans = [in_channels] + [hidden] * depth
-    return nn.Sequential(*[conv_block(chans[i], chans[i + 1], pool=i < pools) for i in range(depth)])
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
+from metashot.algorithms.protonet import class_sums
+from metashot.nn.backbones import conv_block
 
 
 class RelationModule(nn.Module):
@@ -78,29 +66,20 @@ class RelationNet(BatchedEpisodesMixin, MetaLearner):
 
     def _scores(self, fs: torch.Tensor, support_y: torch.Tensor, fq: torch.Tensor, ways: int) -> torch.Tensor:
         """fs [T, S, C, h, w], support_y [T, S], fq [T, M, C, h, w] -> relation scores [T, M, N]."""
-        onehot = F.one_hot(support_y, ways).to(fs.dtype)  # [T, S, N]
-        if bool((onehot.sum(1) == 0).any()):
-            raise ValueError(f"RelationNet: a class in 0..{ways - 1} has no support example; labels must be "
-                             f"0..N-1")
-        protos = torch.einsum("tsn,tschw->tnchw", onehot, fs)  # sum over each class's shots
         T, M = fq.shape[:2]
+        sums, _ = class_sums(fs.flatten(2), support_y, ways, "RelationNet")  # the sum over each class's shots
+        protos = sums.view(*sums.shape[:2], *fs.shape[2:])  # [T, N, C, h, w]
         pairs = torch.cat([protos.unsqueeze(1).expand(T, M, *protos.shape[1:]),
                            fq.unsqueeze(2).expand(T, M, ways, *fq.shape[2:])], dim=3)  # [T, M, N, 2C, h, w]
         return self.relation(pairs.flatten(0, 2)).view(T, M, ways)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
-        ways = int(support_y.max()) + 1
-        fs = self.backbone(support_x).unsqueeze(0)
-
-        def predictor(query_x: torch.Tensor) -> torch.Tensor:
-            return self._scores(fs, support_y.unsqueeze(0), self.backbone(query_x).unsqueeze(0), ways)[0]
-
-        return predictor
+        return self.one_task_predictor(self.backbone, self._scores, support_x, support_y)
 
     def task_loss(self, logits: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits, F.one_hot(query_y, logits.shape[-1]).to(logits.dtype))
 
-    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: Batch) -> torch.Tensor:
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
         f = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import register
+from metashot.algorithms.base import Batch, register
 from metashot.algorithms.maml import MAML
 from metashot.nn.functional import params_and_buffers
 
@@ -61,7 +61,7 @@ class Reptile(MAML):
             phi = {k: torch.stack([p[k] for p in per]) for k in self.adapted_names}
         return {k: v.detach() for k, v in phi.items()}
 
-    def meta_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         self._check_ways(batch.support_x[0], batch.ways)
         phi = self.task_weights(batch.support_x, batch.support_y)
         theta = dict(self.backbone.named_parameters())

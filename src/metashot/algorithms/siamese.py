@@ -17,26 +17,21 @@ How it plugs into the Trainer (design decision): ``meta_loss`` builds the pairs 
 batch, every (query, support item) pair of each episode, and weights the same-class and different-class pairs
 equally (half of the loss each), which is the expectation of a balanced pair sampler. So ``metashot train``
 works unchanged with the usual :class:`~metashot.data.episodes.EpisodeSampler`; 2-way 1-shot episodes with
-one query give exactly one same and one different pair each. :class:`PairSampler` draws balanced, seeded
-pairs from a store directly; it is used for verification accuracy on held-out pairs
-(:func:`verification_accuracy`).
+one query give exactly one same and one different pair each. :class:`metashot.data.pairs.PairSampler` draws
+balanced, seeded pairs from a store directly; :func:`metashot.evaluate.verification_accuracy` scores held-out
+pairs with it.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.data.episodes import EpisodeBatch
-from metashot.data.preprocess import to_float
-from metashot.data.store import ClassStore
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
+from metashot.data.augment import random_affine
 from metashot.nn.backbones import output_dim
 
 LOSSES = ("contrastive", "koch")
@@ -67,37 +62,6 @@ def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distance between rows: a [..., M, D], b [..., S, D] -> [..., M, S] (finite gradient at 0)."""
     sq = (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
     return (sq + 1e-12).sqrt()
-
-
-def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, rotation: float = 10.0,
-                  shear: float = 0.3, scale: tuple[float, float] = (0.8, 1.2), translate: float = 2 / 105,
-                  prob: float = 0.5) -> torch.Tensor:
-    """Koch et al.'s affine distortions: x [B, C, H, W] float -> same shape.
-
-    Each image independently gets, each with probability ``prob``: a rotation in [-rotation, rotation]
-    degrees, shears in [-shear, shear], scales in ``scale`` and translations in [-translate, translate]
-    (a fraction of the image side; Koch used +-2 pixels of 105). Bilinear resampling, zero (background) fill.
-    """
-    B = x.shape[0]
-    dev = x.device
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        r = torch.rand(B, generator=generator, device="cpu").to(dev)
-        on = (torch.rand(B, generator=generator, device="cpu") < prob).to(dev)
-        neutral = torch.full_like(r, 0.0 if lo < 0 else 1.0)
-        return torch.where(on, lo + (hi - lo) * r, neutral)
-
-    th = u(-rotation, rotation) * math.pi / 180
-    sx, sy = u(-shear, shear), u(-shear, shear)
-    kx, ky = u(*scale), u(*scale)
-    tx, ty = u(-translate, translate) * 2, u(-translate, translate) * 2  # grid coordinates span [-1, 1]
-    rot = torch.stack([torch.stack([th.cos(), -th.sin()], -1), torch.stack([th.sin(), th.cos()], -1)], -2)
-    one = torch.ones_like(sx)
-    sh = torch.stack([torch.stack([one, sx], -1), torch.stack([sy, one], -1)], -2)
-    sc = torch.diag_embed(torch.stack([1 / kx, 1 / ky], -1))
-    theta = torch.cat([rot @ sh @ sc, torch.stack([tx, ty], -1).unsqueeze(-1)], -1).to(x.dtype)  # [B, 2, 3]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @register("siamese")
@@ -175,7 +139,7 @@ class SiameseNet(MetaLearner):
 
         return predictor
 
-    def _episode_scores(self, batch: EpisodeBatch, distort: bool) -> torch.Tensor:
+    def _episode_scores(self, batch: Batch, distort: bool) -> torch.Tensor:
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
         x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
@@ -185,7 +149,7 @@ class SiameseNet(MetaLearner):
         zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
         return self.pair_scores(zq, zs)  # [T, Q, S]
 
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Balanced pair loss over every (query, support) pair of each episode; ``acc``: few-shot accuracy."""
         scores = self._episode_scores(batch, self.distort and self.training)
         same = batch.query_y.unsqueeze(-1) == batch.support_y.unsqueeze(-2)  # [T, Q, S]
@@ -195,7 +159,7 @@ class SiameseNet(MetaLearner):
         verif = (self.same_class(scores.detach()) == same).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc), "verification_acc": float(verif)}
 
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
         if self.training:
             return super().predict_batch(batch)
         return self._class_logits(self._episode_scores(batch, False), batch.support_y, batch.ways).detach()
@@ -203,79 +167,3 @@ class SiameseNet(MetaLearner):
     def config_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "margin": self.margin, "squared": self.squared, "distort": self.distort,
                 "input_shape": self.input_shape}
-
-
-@dataclass
-class PairBatch:
-    """Pairs of items: x1, x2 [P, *item] (uint8 or float), same [P] bool (True = same class)."""
-
-    x1: torch.Tensor
-    x2: torch.Tensor
-    same: torch.Tensor
-
-
-class PairSampler:
-    """Balanced, seeded same/different pairs from a store: batch ``i`` is a pure function of (seed, i).
-
-    Each batch has ``pairs // 2`` same-class pairs (two distinct items of one uniformly drawn class) and
-    ``pairs - pairs // 2`` different-class pairs (one item each of two distinct classes), shuffled.
-
-    Raises:
-        ValueError: fewer than 2 classes, or no class with 2 items.
-    """
-
-    def __init__(self, store: ClassStore, pairs: int = 64, seed: int = 0) -> None:
-        if pairs < 2:
-            raise ValueError(f"PairSampler: pairs must be >= 2, got {pairs}")
-        if store.num_classes < 2:
-            raise ValueError(f"PairSampler: the store has {store.num_classes} class(es); pairs need >= 2")
-        self.store, self.pairs, self.seed = store, int(pairs), int(seed)
-        self._counts = store.counts
-        self._multi = np.flatnonzero(self._counts >= 2)
-        if len(self._multi) == 0:
-            raise ValueError("PairSampler: no class has 2 items, so no same-class pair exists")
-
-    def indices(self, batch_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Store rows a [P], b [P] and same [P] bool of batch ``batch_index`` (no image touched)."""
-        rng = np.random.default_rng([self.seed, int(batch_index)])
-        n_same = self.pairs // 2
-        n_diff = self.pairs - n_same
-        off, cnt = self.store.offsets, self._counts
-        c = self._multi[rng.integers(0, len(self._multi), n_same)]
-        i = rng.integers(0, cnt[c])
-        j = (i + rng.integers(1, cnt[c])) % cnt[c]  # a different item of the same class
-        c1 = rng.integers(0, self.store.num_classes, n_diff)
-        c2 = (c1 + rng.integers(1, self.store.num_classes, n_diff)) % self.store.num_classes
-        a = np.concatenate([off[c] + i, off[c1] + rng.integers(0, cnt[c1])])
-        b = np.concatenate([off[c] + j, off[c2] + rng.integers(0, cnt[c2])])
-        same = np.concatenate([np.ones(n_same, bool), np.zeros(n_diff, bool)])
-        order = rng.permutation(self.pairs)
-        return a[order], b[order], same[order]
-
-    def sample(self, batch_index: int) -> PairBatch:
-        a, b, same = self.indices(batch_index)
-        imgs = self.store.images
-        return PairBatch(imgs[torch.from_numpy(a)], imgs[torch.from_numpy(b)], torch.from_numpy(same))
-
-
-def verification_accuracy(learner: SiameseNet, store: ClassStore, pairs: int = 2000, seed: int = 4321,
-                          batch: int = 500, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Same/different accuracy (percent) on ``pairs`` balanced held-out pairs of ``store`` (seeded)."""
-    sampler = PairSampler(store, batch, seed)
-    was = learner.training
-    learner.eval()
-    correct = total = 0
-    try:
-        with torch.inference_mode():
-            for i in range(math.ceil(pairs / batch)):
-                pb = sampler.sample(i)
-                n = min(batch, pairs - total)
-                z1 = learner.embed(to_float(pb.x1[:n].to(device)))
-                z2 = learner.embed(to_float(pb.x2[:n].to(device)))
-                scores = learner.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
-                correct += int((learner.same_class(scores).cpu() == pb.same[:n]).sum())
-                total += n
-    finally:
-        learner.train(was)
-    return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
-            "dataset": store.meta.get("name", "?")}

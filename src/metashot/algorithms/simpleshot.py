@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import BatchedEpisodesMixin, MetaLearner, Predictor, register
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.algorithms.protonet import class_means, sq_euclidean
-from metashot.data.episodes import EpisodeBatch
 
 
 @register("simpleshot")
@@ -71,7 +70,7 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
 
         return predictor
 
-    def batched_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+    def batched_logits(self, batch: Batch) -> torch.Tensor:
         T, S = batch.support_x.shape[:2]
         Q = batch.query_x.shape[1]
         z = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))

@@ -59,6 +59,15 @@ def _entry(status: str, detail: str) -> dict[str, str]:
     return {"status": status, "detail": detail}
 
 
+def _located(locate: Callable[[Path], Path], root: Path, check: Callable[[Path], str]) -> dict[str, str]:
+    """``check(src)`` of the dataset file ``locate(root)`` finds; a missing file is reported as missing."""
+    try:
+        src = locate(root)
+    except FileNotFoundError as e:
+        return _entry("missing", str(e))
+    return _run(lambda: check(src))
+
+
 def _run(check: Callable[[], str]) -> dict[str, str]:
     """Run one check: its return value is an ok detail; _Bad or any error reading the data means bad."""
     try:
@@ -175,12 +184,7 @@ def _check_vinyals(base: Path) -> str:
 def _check_flowers(root: Path) -> dict[str, str]:
     from metashot.data import flowers102 as fl
 
-    try:
-        src = fl.locate(root)
-    except FileNotFoundError as e:
-        return _entry("missing", str(e))
-
-    def check() -> str:
+    def check(src: Path) -> str:
         listing = fl._listing(src)
         counts = [len(v) for v in listing.values()]
         if min(counts) < 20:
@@ -188,18 +192,13 @@ def _check_flowers(root: Path) -> dict[str, str]:
             raise _Bad(f"{src}: class {small} has only {len(listing[small])} images")
         return f"{len(listing)} classes, {sum(counts)} images ({min(counts)}-{max(counts)} per class)"
 
-    return _run(check)
+    return _located(fl.locate, root, check)
 
 
 def _check_mini_imagenet(root: Path) -> dict[str, str]:
     from metashot.data import mini_imagenet as mi
 
-    try:
-        src = mi.locate(root)
-    except FileNotFoundError as e:
-        return _entry("missing", str(e))
-
-    def check() -> str:
+    def check(src: Path) -> str:
         if src.is_file():
             _test_zip(src).close()
         s = mi._Source(src)
@@ -240,7 +239,7 @@ def _check_mini_imagenet(root: Path) -> dict[str, str]:
         kind = "full" if per_class == {MINI_IMAGENET_PER_CLASS} else "sample"
         return f"{'zip' if src.is_file() else 'folder'} ({kind}): " + ", ".join(parts) + " classes x images"
 
-    return _run(check)
+    return _located(mi.locate, root, check)
 
 
 # ----------------------------------------------------------------------------------------- text, checksums

@@ -54,6 +54,18 @@ def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth:
     return nn.Sequential(*[conv_block(chans[i], chans[i + 1]) for i in range(depth)], nn.Flatten())
 
 
+@register_backbone("conv4_maps")
+def conv4_maps(in_channels: int = 1, hidden: int = 64, depth: int = 4, pools: int = 2) -> nn.Module:
+    """Relation Networks' embedding: depth x [3x3 conv, BN, ReLU], 2x2 max-pool after the first ``pools``.
+
+    Returns feature maps, not vectors: [B, C, H, W] -> [B, hidden, H / 2^pools, W / 2^pools] (28x28 -> 7x7).
+    """
+    if not 0 <= pools <= depth:
+        raise ValueError(f"conv4_maps: pools must be in 0..depth={depth}, got {pools}")
+    chans = [in_channels] + [hidden] * depth
+    return nn.Sequential(*[conv_block(chans[i], chans[i + 1], pool=i < pools) for i in range(depth)])
+
+
 @register_backbone("mlp")
 def mlp(in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40),
         out_features: int = 1) -> nn.Module:
@@ -147,8 +159,8 @@ def adapter(dim: int = 384, hidden: int = 256, dropout: float = 0.0, head: int |
     return ResidualAdapter(dim, hidden, dropout, head)
 
 
-def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
-    """Flattened feature size of ``backbone`` on one item of ``item_shape`` (a dummy forward in eval mode).
+def output_dim(backbone: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Flattened feature size of ``backbone`` on one item of ``input_shape`` (a dummy forward in eval mode).
 
     Works for backbones without parameters too (e.g. ``nn.Flatten()``); inputs then are float32 on the CPU.
     """
@@ -157,7 +169,7 @@ def output_dim(backbone: nn.Module, item_shape: tuple[int, ...]) -> int:
     p = next(iter(backbone.parameters()), None)
     kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
     with torch.no_grad():
-        out = backbone(torch.zeros(2, *item_shape, **kw))
+        out = backbone(torch.zeros(2, *input_shape, **kw))
     backbone.train(was)
     return int(out.reshape(2, -1).shape[1])
 

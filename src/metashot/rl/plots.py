@@ -81,7 +81,9 @@ def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, s
                     inner_lr: float | None = None, trajectories: int = 20) -> Path:
     """2D-navigation trajectories of ``goals`` test goals: the mean-action path before adaptation and after
     one VPG step on ``trajectories`` sampled trajectories (like the paper's Figure 4, left)."""
-    from metashot.rl.core import adapt, policy_params, process, rollout
+    from metashot.rl.adaptation import adapt
+    from metashot.rl.policy import policy_params
+    from metashot.rl.rollout import process, rollout
 
     if cfg.env.name != "navigation2d":
         raise ValueError(f"trajectory plots are for navigation2d, not {cfg.env.name}")

@@ -13,39 +13,24 @@ TRPO without adaptation (the paper's "pretrained" baseline; with ``env.options.o
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metashot.checkpoint import CheckpointError, read_meta, read_weights, recover, resolve, save_checkpoint
-from metashot.config import _build, read_yaml
-from metashot.rl.core import (
-    ChainCurvature,
-    GaussianMLPPolicy,
-    MetaBatch,
-    Params,
-    TRPOConfig,
-    adapt,
-    gauss_newton_fvp,
-    meta_objective,
-    policy_dist,
-    policy_params,
-    process,
-    rollout,
-    trpo_step,
-)
+from metashot.checkpoint import CheckpointError, read_meta, read_weights, resolve, save_module
+from metashot.config import RunConfig, read_yaml
+from metashot.nn.functional import Params
+from metashot.rl.adaptation import MetaBatch, adapt, meta_objective
+from metashot.rl.curvature import ChainCurvature, gauss_newton_fvp
 from metashot.rl.envs import make_env
-from metashot.runfolder import clear_previous_run, lock_run
-from metashot.train import _truncate_metrics
+from metashot.rl.policy import GaussianMLPPolicy, policy_dist, policy_params
+from metashot.rl.rollout import process, rollout
+from metashot.rl.trpo import TRPOConfig, trpo_step
+from metashot.runs import FINAL, LAST, RunDir
 
 RL_KIND = "rl-policy"
 
@@ -106,22 +91,13 @@ class RLEvalConfig:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(RunConfig):
     name: str = "maml-trpo"
     env: RLEnvConfig = field(default_factory=RLEnvConfig)
     policy: RLPolicyConfig = field(default_factory=RLPolicyConfig)
     algo: RLAlgoConfig = field(default_factory=RLAlgoConfig)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RLConfig:
-        cfg = _build(cls, d, source)
-        cfg.validate(source)
-        return cfg
 
     def validate(self, where: str) -> None:
         a, t, e = self.algo, self.train, self.eval
@@ -154,9 +130,6 @@ class RLConfig:
         if not self.policy.hidden or not all(isinstance(h, int) and h > 0 for h in self.policy.hidden):
             raise ValueError(f"{where}: policy.hidden must be a list of positive integers")
 
-    def out_dir(self) -> Path:
-        return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
-
     def make_env(self) -> Any:
         return make_env(self.env.name, self.env.horizon, **self.env.options)
 
@@ -176,26 +149,11 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + iteration * 7_919 + 12_345) % (2**62))
 
 
-class _Saved:
-    """What :func:`metashot.checkpoint.save_checkpoint` needs of a learner, for a policy."""
-
-    algorithm_name = RL_KIND
-
-    def __init__(self, policy: GaussianMLPPolicy) -> None:
-        self.policy = policy
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.policy.state_dict()
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.policy.config_dict()
-
-
 def save_policy(path: Path, policy: GaussianMLPPolicy, cfg: RLConfig, iteration: int,
                 extra: dict[str, Any] | None = None) -> Path:
     # the iteration is all that --resume needs besides the weights (each iteration's randomness is seeded)
     meta = {"kind": RL_KIND, "iteration": iteration, **(extra or {})}
-    return save_checkpoint(path, _Saved(policy), cfg.to_dict(), extra=meta)
+    return save_module(path, policy, cfg.to_dict(), RL_KIND, policy.config_dict(), extra=meta)
 
 
 def load_policy(name_or_path: str | Path, device: str = "cpu") -> tuple[GaussianMLPPolicy, RLConfig, dict]:
@@ -266,49 +224,31 @@ def meta_step(env: Any, policy: GaussianMLPPolicy, params: Params, cfg: RLConfig
     return new, stats
 
 
-@contextmanager
-def _stop_signals() -> Iterator[dict[str, int | None]]:
-    flag: dict[str, int | None] = {"signal": None}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["signal"] = signum
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def train_rl(cfg: RLConfig, progress: bool = True, resume: str | Path | None = None) -> dict[str, Any]:
     """Meta-train ``cfg``; returns a summary (run folder, iterations, final returns, wall time).
 
-    Holds the run folder's lock (:func:`metashot.runfolder.lock_run`); a fresh run in a used folder removes
-    the old run's checkpoints and summary first, with a warning."""
-    with lock_run(cfg.out_dir()):
-        return _train_rl(cfg, progress, resume)
+    Writes the run folder ``cfg.out_dir()`` (:class:`metashot.runs.RunDir`, metrics keyed by ``iteration``)
+    and holds its lock; a fresh run in a used folder removes the old run's checkpoints and summary first,
+    with a warning. ``resume``: the run folder (or checkpoint) whose ``last/`` to continue from."""
+    run = RunDir(cfg.out_dir(), step_key="iteration")
+    with run.lock():
+        return _train_rl(cfg, run, progress, resume)
 
 
-def _train_rl(cfg: RLConfig, progress: bool, resume: str | Path | None) -> dict[str, Any]:
+def _train_rl(cfg: RLConfig, run: RunDir, progress: bool, resume: str | Path | None) -> dict[str, Any]:
     torch.set_num_threads(cfg.train.threads)
-    out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+    run.start(cfg.to_dict(), fresh=resume is None)  # fresh: nothing of an old run in the folder stays
     env = cfg.make_env()
     policy = make_policy(cfg, env, cfg.train.seed).to(cfg.train.device)
     start, elapsed0 = 0, 0.0
-    metrics = out / "metrics.jsonl"
     if resume is not None:
-        recover(Path(resume) / "last")  # a write of last/ killed between its renames
-        loaded, _, meta = load_policy(Path(resume) / "last" if (Path(resume) / "last").is_dir() else resume,
-                                      cfg.train.device)
+        source = RunDir(resume)
+        source.recover((LAST,))  # a write of last/ killed between its renames
+        last_dir = source.checkpoint(LAST)
+        loaded, _, meta = load_policy(last_dir if last_dir.is_dir() else resume, cfg.train.device)
         policy.load_state_dict(loaded.state_dict())
         start, elapsed0 = int(meta["iteration"]), float(meta.get("elapsed_s", 0.0))
-        _truncate_metrics(metrics, start, key="iteration")  # records after the checkpoint are redone
-    else:  # a fresh run in a used folder: nothing of the old run stays
-        clear_previous_run(out)
-        metrics.unlink(missing_ok=True)
+        run.truncate_metrics(start)  # records after the checkpoint are redone
     params = policy_params(policy)
     t_start = time.perf_counter()
     last: dict[str, float] = {}
@@ -319,7 +259,8 @@ def _train_rl(cfg: RLConfig, progress: bool, resume: str | Path | None) -> dict[
         bar = tqdm(total=cfg.train.iterations, initial=start, desc=cfg.name, unit="it")
     it = start
     sig = None
-    with _stop_signals() as flag, metrics.open("a") as log:
+    # a second SIGINT/SIGTERM does not abort: the iteration in flight ends and last/ is written
+    with run.stop_signals(second_aborts=False):
         while it < cfg.train.iterations:
             gen = iteration_generator(cfg.train.seed, it)
             params, stats = meta_step(env, policy, params, cfg, gen)
@@ -328,8 +269,7 @@ def _train_rl(cfg: RLConfig, progress: bool, resume: str | Path | None) -> dict[
             it += 1
             elapsed = elapsed0 + time.perf_counter() - t_start
             last = {"iteration": it, **stats, "elapsed_s": round(elapsed, 3)}
-            log.write(json.dumps(last) + "\n")
-            log.flush()
+            run.log(last)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(pre=f"{stats['return_0']:.1f}",
@@ -337,51 +277,21 @@ def _train_rl(cfg: RLConfig, progress: bool, resume: str | Path | None) -> dict[
             with torch.no_grad():
                 for n, p in policy.named_parameters():
                     p.copy_(params[n])
-            sig = flag["signal"]
+            sig = run.signal
             if sig is not None or (cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0):
-                save_policy(out / "last", policy, cfg, it, {"elapsed_s": elapsed})
+                save_policy(run.checkpoint(LAST), policy, cfg, it, {"elapsed_s": elapsed})
             if sig is not None:
                 break
     if bar is not None:
         bar.close()
     env.close()
     wall = round(elapsed0 + time.perf_counter() - t_start, 1)
-    summary = {"run_dir": str(out), "iterations": it, "wall_s": wall,
+    summary = {"run_dir": str(run.path), "iterations": it, "wall_s": wall,
                **{k: v for k, v in last.items() if k.startswith("return_")}}
     if sig is not None:
         summary["signal"] = sig
         return summary
-    save_policy(out / "last", policy, cfg, it, {"elapsed_s": summary["wall_s"]})
-    save_policy(out / "final", policy, cfg, it, {"elapsed_s": summary["wall_s"]})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_policy(run.checkpoint(LAST), policy, cfg, it, {"elapsed_s": summary["wall_s"]})
+    save_policy(run.checkpoint(FINAL), policy, cfg, it, {"elapsed_s": summary["wall_s"]})
+    run.write_summary(summary)
     return summary
-
-
-def evaluate_adaptation(policy: GaussianMLPPolicy, env: Any, tasks: int = 40, trajectories: int = 40,
-                        steps: int = 3, inner_lr: float | list[float] = 0.1, seed: int = 1234,
-                        discount: float = 0.99, vectorized: bool = True) -> dict[str, Any]:
-    """Average return on ``tasks`` new tasks (fixed by ``seed``) after 0..``steps`` VPG adaptation steps, each
-    on ``trajectories`` trajectories sampled by the current policy, as in the paper's Figures 4 and 5.
-
-    Returns ``returns[k]`` (mean over tasks of the mean trajectory return after k steps) and ``ci95[k]``
-    (1.96 x the standard error over tasks).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    task_set = env.sample_tasks(tasks, gen)
-    params = policy_params(policy)
-    cur, batches, per_task = params, [], False
-    means, cis, per = [], [], []
-    for k in range(steps + 1):
-        traj = rollout(env, policy, cur, task_set, trajectories, gen, per_task=per_task)
-        r = traj.returns().mean(1).to(torch.float64)
-        means.append(float(r.mean()))
-        cis.append(float(1.96 * r.std(unbiased=False) / math.sqrt(len(r))))
-        per.append([round(float(x), 4) for x in r])
-        if k < steps:
-            batches.append(process(traj, discount))
-            cur = {n: v.detach() for n, v in adapt(policy, params, batches, inner_lr, first_order=True,
-                                                      vectorized=vectorized).items()}
-            per_task = True
-    return {"env": getattr(env, "name", "?"), "tasks": tasks, "trajectories": trajectories, "seed": seed,
-            "inner_lr": inner_lr, "returns": means, "ci95": cis, "per_task_returns": per,
-            "tasks_sampled": task_set.tolist()}

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metashot.algorithms.protonet import class_sums
 from metashot.data.store import ClassStore, cached_store
 
 NUM_LAYERS = 6  # all-MiniLM-L6-v2
@@ -191,6 +192,8 @@ def episode_loss(top: TopLayers, bank: TokenBank, rows: list[np.ndarray], rng: n
     zs, zq = z[:ns], z[ns:]
     sy = torch.from_numpy(np.concatenate([np.full(len(s), k) for k, s in enumerate(sup)]))
     qy = torch.from_numpy(np.concatenate([np.full(len(q), k) for k, q in enumerate(qry)]))
+    # The prototype rule of protonet.class_sums, summed in row order (index_add_), which training depends on
+    # to the last bit; the matrix product there adds in another order.
     protos = torch.zeros(len(classes), zs.shape[1]).index_add_(0, sy, zs)
     protos = F.normalize(protos, dim=-1)
     return F.cross_entropy(temperature * zq @ protos.T, qy)
@@ -237,7 +240,8 @@ def finetune(top: TopLayers, bank: TokenBank, labels: np.ndarray, steps: int, lr
 def nearest_prototype_acc(zs: torch.Tensor, ys: np.ndarray, zq: torch.Tensor, yq: np.ndarray) -> float:
     """Accuracy of cosine nearest class mean (classes 0..C-1 from ``ys``)."""
     ways = int(ys.max()) + 1
-    protos = F.normalize(torch.zeros(ways, zs.shape[1]).index_add_(0, torch.from_numpy(ys), zs), dim=-1)
+    sums, _ = class_sums(zs, torch.as_tensor(ys, dtype=torch.long), ways, "nearest_prototype_acc")
+    protos = F.normalize(sums, dim=-1)
     return float(((zq @ protos.T).argmax(1).numpy() == yq).mean())
 
 

@@ -1,7 +1,7 @@
-"""Training-free few-shot baselines on frozen sentence embeddings.
+"""Logistic regression fitted on each support set: a training-free few-shot baseline (linear probe).
 
-Both are :class:`~metashot.algorithms.base.MetaLearner` s with nothing to meta-train, so the shared evaluator
-and the full-way protocol run them exactly like any trained learner.
+It has nothing to meta-train, so the shared evaluator and the full-way protocol run it exactly like any
+trained learner.
 """
 
 from __future__ import annotations
@@ -12,37 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.algorithms.protonet import class_means
-from metashot.data.episodes import EpisodeBatch
-
-
-@register("ncm")
-class NearestClassMean(MetaLearner):
-    """Nearest class mean, cosine (Mensink et al., TPAMI 2013; the ProtoNet rule, Snell et al. 2017).
-
-    c_k = mean of the support embeddings of class k; logits_k(x) = s * cos(f(x), c_k) with s = ``temperature``
-    (a fixed scale that only sharpens the softmax; the argmax is the nearest mean). f is the ``backbone``
-    (the identity on frozen embeddings by default).
-    """
-
-    def __init__(self, backbone: nn.Module | None = None, temperature: float = 10.0) -> None:
-        super().__init__()
-        self.backbone = backbone if backbone is not None else nn.Identity()
-        self.temperature = float(temperature)
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
-        """support_x [S, D], support_y [S] (0..N-1) -> predictor(query_x [M, D]) -> logits [M, N]."""
-        ways = int(support_y.max()) + 1
-        protos = F.normalize(class_means(self.backbone(support_x).flatten(1), support_y, ways), dim=-1)
-
-        def predictor(query_x: torch.Tensor) -> torch.Tensor:
-            return self.temperature * F.normalize(self.backbone(query_x).flatten(1), dim=-1) @ protos.T
-
-        return predictor
-
-    def config_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
 
 
 @register("logreg")
@@ -105,7 +75,7 @@ class LogisticRegression(MetaLearner):
 
         return predictor
 
-    def predict_batch(self, batch: EpisodeBatch) -> torch.Tensor:
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
         """Query logits of every task [T, N*Q, N], all support sets fitted in one L-BFGS run."""
         T, S = batch.support_x.shape[:2]
         zs = self._features(batch.support_x.flatten(0, 1)).view(T, S, -1)

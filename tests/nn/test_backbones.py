@@ -1,5 +1,6 @@
-"""ResNet-12: shapes, parameter count, gradients, and one meta-training step with every algorithm that takes a
-backbone (small widths, random episodes: the loss and every meta-gradient are finite and non-trivial)."""
+"""metashot.nn.backbones. ResNet-12: shapes, parameter count, gradients, and one meta-training step with every
+algorithm that takes a backbone (small widths, random episodes: the loss and every meta-gradient are finite
+and non-trivial). Relation Networks' feature-map conv net; the residual adapter for sentence embeddings."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from metashot.algorithms.base import algorithm_class
 from metashot.algorithms.maml import MAML
 from metashot.data.episodes import EpisodeBatch
-from metashot.nn.backbones import build_backbone, resnet12
+from metashot.nn.backbones import available_backbones, build_backbone, resnet12
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +98,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], int]] = [
     ("metasgd", {"out_features": 3}, {"inner_lr": 0.1, "inner_steps": 1}, 32),
     ("anil", {"out_features": 3}, {"inner_lr": 0.1, "inner_steps": 2}, 32),
     ("reptile", {"out_features": 3}, {"inner_lr": 0.1, "inner_steps": 2}, 32),
-    ("metalstm", {}, {"ways": 3, "item_shape": [3, 32, 32], "inner_steps": 2}, 32),
+    ("metalstm", {}, {"ways": 3, "input_shape": [3, 32, 32], "inner_steps": 2}, 32),
 ]
 
 
@@ -154,3 +155,23 @@ def test_maml_vectorized_equals_loop_in_float64() -> None:
     assert abs(float(l_loop - l_vec)) <= 1e-12 * abs(float(l_loop))
     assert float(g_loop.norm()) > 0
     assert float((g_loop - g_vec).norm() / g_loop.norm()) <= 1e-9
+
+
+def test_relations_map_backbone_lives_with_the_backbones() -> None:
+    from metashot.nn import backbones
+
+    assert "conv4_maps" in available_backbones()
+    assert backbones.conv4_maps.__module__ == "metashot.nn.backbones"
+    out = build_backbone("conv4_maps", in_channels=1, hidden=4)(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 4, 7, 7)
+
+
+def test_adapter_is_identity_at_init_and_has_head() -> None:
+    torch.manual_seed(0)
+    a = build_backbone("adapter", dim=8, hidden=4)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(a(x), x)
+    h = build_backbone("adapter", dim=8, hidden=4, head=5)
+    assert h(x).shape == (3, 5) and "head.weight" in dict(h.named_parameters())
+    with pytest.raises(ValueError, match="expects 8"):
+        a(torch.randn(2, 9))
