@@ -96,7 +96,7 @@ def test_cli_lake_on_a_checkpoint(runs: list[LakeRun], tmp_path: Path, capsys: p
 
 def test_bundled_lake_model(runs: list[LakeRun]) -> None:
     """The shipped ``lake-omniglot`` (chosen on validation runs, issue 18), pinned exactly on all 20 official
-    runs and on the 50 validation runs: its error equals the figures in results/lake/test.jsonl and val.jsonl."""
+    runs and on the 50 validation runs: the figures of results/lake/test.jsonl and val.jsonl."""
     from metashot.checkpoint import bundled_path
     from metashot.data.lake_runs import validation_runs
     from metashot.lake import evaluate_checkpoint
