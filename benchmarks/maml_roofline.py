@@ -1,4 +1,8 @@
-"""Compute bound of MAML configs A and B on this CPU, measured side by side with metashot and learn2learn.
+"""Compute ceiling of MAML configs A and B on this CPU, measured side by side with metashot and learn2learn.
+
+The "bound" below is an empirical ceiling: the measured rate of ONE convolution kernel at ONE shape on this
+machine, divided by the FLOPs of a task. It is not a proof that no implementation can go faster (another
+kernel, layout or fused schedule might), only a strong sign that a target far above it is implausible.
 
 A speed target in tasks/s is reachable only if the machine can execute the FLOPs of that many tasks per
 second. For each config and order this script counts the FLOPs of one task and, in each of ``--rounds``
@@ -9,9 +13,9 @@ rounds, measures at the same moment (the speed of this shared machine drifts by 
   set), run as one single-threaded stream per core (as MAML's ``task_workers``) and as one stream on all
   cores; the better of the two, best of 3 timings. Every other part of a MAML step (the 1-channel first
   layer, the smaller maps of layers 3-4, batch norm, ReLU, the inner-loop updates) runs slower than this or
-  adds work the count leaves out, so the step cannot go faster.
-- ``bound_tasks_per_s`` = peak_gflops / gflop_per_task: no exact fp32 implementation that computes these
-  FLOPs on this machine can exceed it at that moment.
+  adds work the count leaves out, so we do not expect the step to go faster.
+- ``bound_tasks_per_s`` = peak_gflops / gflop_per_task: the empirical ceiling; an exact fp32 implementation
+  built from kernels no faster than that one cannot exceed it at that moment.
 - metashot's best CPU variant (``benchmarks/maml.py``: config A the vectorised path, B the loop path, 2 task
   workers x 1 thread) and learn2learn (``benchmarks/maml_l2l.py``, 2 threads), each in a subprocess.
 
