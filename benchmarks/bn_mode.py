@@ -33,19 +33,15 @@ from metashot.algorithms.protonet import ProtoNet, class_means, sq_euclidean
 from metashot.checkpoint import load_checkpoint
 from metashot.data import EpisodeSampler, load_split
 from metashot.evaluate import OMNIGLOT_EPISODES, mean_ci95
+from metashot.nn.functional import batch_stats_only
 
 MODES = ("running", "batch", "episode")
 
 
-def batch_stats_only(learner: nn.Module) -> nn.Module:
+def batch_stats_copy(learner: nn.Module) -> nn.Module:
     """A copy whose batch-norm layers normalise with the current batch's statistics even in eval mode."""
     out = copy.deepcopy(learner)
-    for m in out.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
+    batch_stats_only(out)
     return out.eval()
 
 
@@ -69,7 +65,7 @@ def run(checkpoint: str, mode: str, episodes: int | None, threads: int) -> dict:
         episodes = OMNIGLOT_EPISODES if data["dataset"] == "omniglot" else ev["episodes"]
     store = load_split(data["dataset"], data["test_split"], data.get("root"), data.get("image_size"),
                        **(data.get("options") or {}))
-    model = learner.eval() if mode == "running" else batch_stats_only(learner)
+    model = learner.eval() if mode == "running" else batch_stats_copy(learner)
     ways, shots, queries, seed = ev["ways"], ev["shots"], ev["queries"], ev["seed"]
     sampler = EpisodeSampler(store, ways, shots, queries, seed=seed, tasks_per_batch=1)
     accs = np.empty(episodes)

@@ -11,7 +11,7 @@ from torch import nn
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
 from metashot.nn.backbones import output_dim
-from metashot.nn.functional import functional_forward
+from metashot.nn.functional import batch_stats_only, functional_forward
 
 
 def preprocess_gradient(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -98,21 +98,6 @@ class MetaLSTMOptimizer(nn.Module):
         return theta, (h1, c1, f, i)
 
 
-def _batch_stats_only(module: nn.Module) -> None:
-    """Make every batch-norm layer normalise with the current batch's statistics, in training and evaluation.
-
-    This is the paper's choice for the learner. :func:`functional_forward` with ``bn="batch"`` already ignores
-    running statistics; removing the buffers keeps unused tensors out of checkpoints and makes a plain
-    ``backbone(x)`` call behave the same way.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
-
-
 @register("metalstm")
 class MetaLSTM(MetaLearner):
     """Optimization as a Model for Few-Shot Learning (Ravi & Larochelle, ICLR 2017): Meta-LSTM.
@@ -166,7 +151,7 @@ class MetaLSTM(MetaLearner):
         for name, v in (("ways", ways), ("inner_steps", inner_steps), ("hidden_size", hidden_size)):
             if int(v) != v or v < 1:
                 raise ValueError(f"MetaLSTM: {name} must be an integer >= 1, got {v}")
-        _batch_stats_only(backbone)
+        batch_stats_only(backbone)
         self.backbone = backbone
         self.ways = int(ways)
         self.input_shape = tuple(int(s) for s in input_shape)

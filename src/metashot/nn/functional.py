@@ -199,6 +199,22 @@ class _ExplicitBatchNorm(TorchFunctionMode):
         return batch_norm_batch_stats(input, weight, bias, eps)
 
 
+def batch_stats_only(module: nn.Module) -> None:
+    """Make every batch-norm layer normalise with the current batch's statistics, in training and evaluation.
+
+    In place. Meta-LSTM's learner uses it (the paper's choice); ``benchmarks/bn_mode.py`` evaluates a ProtoNet
+    this way. :func:`functional_forward` with ``bn="batch"`` already ignores running statistics; removing the
+    buffers keeps unused tensors out of checkpoints and makes a plain ``backbone(x)`` call behave
+    the same way.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+
+
 def has_batch_norm(module: nn.Module) -> bool:
     """True if the module holds a torch batch-norm layer (whose calls :func:`functional_forward` rewrites)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
