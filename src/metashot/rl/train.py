@@ -66,7 +66,7 @@ class RLAlgoConfig:
     # "gauss-newton" (J^T M J with J linearised once; the same product at the sampling point; needs
     # vectorized) or "chain" (sum_i J_i^T F_i J_i through the inner loop: the same product, and the
     # meta-gradient, from quantities computed once per step; the fastest on a CPU; see
-    # metashot.rl.core.ChainCurvature)
+    # metashot.rl.curvature.ChainCurvature)
     fvp: str = "double-backward"
     fvp_workers: int = 1  # "chain" only: threads over chunks of tasks (2-core CPU: 2, with train.threads 1)
 
