@@ -30,20 +30,9 @@ def test_bundled_model_on_test_episodes(omniglot_test):
 
 def test_fit_predict_on_raw_evaluation_pngs(data_root):
     """5-way 1-shot from the original 105x105 PNG files of five evaluation-set characters, 19 queries each."""
-    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".png"))
-        by_char: dict[str, list[str]] = {}
-        for n in names:
-            by_char.setdefault(n.rsplit("/", 1)[0], []).append(n)
-        chars = sorted(by_char)[::40][:5]
-
-        def img(n: str) -> Image.Image:
-            return Image.open(io.BytesIO(zf.read(n)))
-
-        support = [img(by_char[c][0]) for c in chars]
-        queries = [img(n) for c in chars for n in by_char[c][1:]]
-        truth = [c.split("/")[-1] + "@" + c.split("/")[-2] for c in chars for _ in by_char[c][1:]]
-    labels = [c.split("/")[-1] + "@" + c.split("/")[-2] for c in chars]
+    support, index, queries, truth_index = _small_task(data_root, queries_per_char=19)
+    names = ["alpha", "beta", "gamma", "delta", "epsilon"]  # string labels, as users give them
+    labels, truth = [names[i] for i in index], [names[i] for i in truth_index]
     clf = metashot.load("protonet-omniglot").fit(support, labels)
     pred = clf.predict(queries)
     acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
@@ -52,8 +41,9 @@ def test_fit_predict_on_raw_evaluation_pngs(data_root):
     assert proba.shape == (3, 5) and np.allclose(proba.sum(1), 1.0)
 
 
-def _small_task(data_root):
-    """5 evaluation-set characters: 1 support and 4 query PIL images (mode "1", as stored) each."""
+def _small_task(data_root, queries_per_char: int = 4):
+    """5 evaluation-set characters: 1 support and ``queries_per_char`` query PIL images (mode "1", as stored)
+    each; returns (support, labels 0..4, queries, their labels)."""
     with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".png"))
         by_char: dict[str, list[str]] = {}
@@ -61,10 +51,11 @@ def _small_task(data_root):
             by_char.setdefault(n.rsplit("/", 1)[0], []).append(n)
         chars = sorted(by_char)[::40][:5]
         support = [Image.open(io.BytesIO(zf.read(by_char[c][0]))) for c in chars]
-        queries = [Image.open(io.BytesIO(zf.read(n))) for c in chars for n in by_char[c][1:5]]
+        queries = [Image.open(io.BytesIO(zf.read(n))) for c in chars
+                   for n in by_char[c][1:1 + queries_per_char]]
     for im in support + queries:
         im.load()
-    return support, list(range(5)), queries, [i for i in range(5) for _ in range(4)]
+    return support, list(range(5)), queries, [i for i in range(5) for _ in range(queries_per_char)]
 
 
 def _transparent(im: Image.Image) -> Image.Image:

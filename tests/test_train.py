@@ -117,10 +117,11 @@ class NaNAt(ProtoNet):
     def meta_loss(self, batch):  # type: ignore[no-untyped-def]
         self.calls += 1
         loss, m = super().meta_loss(batch)
-        if self.calls == self.k:
-            loss = loss * float("nan")
-            m["loss"] = float("nan")
-        return loss, m
+        return self.corrupt(loss, m) if self.calls == self.k else (loss, m)
+
+    def corrupt(self, loss: torch.Tensor, m: dict) -> tuple[torch.Tensor, dict]:
+        m["loss"] = float("nan")
+        return loss * float("nan"), m
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
@@ -156,19 +157,12 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert records(tmp_path)[-1]["event"] == "non_finite"
 
 
-class NaNStatsAt(ProtoNet):
+class NaNStatsAt(NaNAt):
     """ProtoNet whose batch-norm running variance becomes NaN on its ``k``-th call; the loss stays finite."""
 
-    def __init__(self, backbone: torch.nn.Module, k: int) -> None:
-        super().__init__(backbone)
-        self.k, self.calls = k, 0
-
-    def meta_loss(self, batch):  # type: ignore[no-untyped-def]
-        self.calls += 1
-        loss, m = super().meta_loss(batch)
-        if self.calls == self.k:
-            bn = next(mod for mod in self.modules() if isinstance(mod, torch.nn.BatchNorm2d))
-            bn.running_var.data[0] = float("nan")  # .data: not seen by autograd
+    def corrupt(self, loss: torch.Tensor, m: dict) -> tuple[torch.Tensor, dict]:
+        bn = next(mod for mod in self.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+        bn.running_var.data[0] = float("nan")  # .data: not seen by autograd
         return loss, m
 
 

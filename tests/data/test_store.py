@@ -112,14 +112,17 @@ def test_cache_key_follows_params_and_sources(tmp_path: Path, source: Path) -> N
     assert len(list(tmp_path.glob("toy-*.npy"))) == 3
 
 
-@pytest.mark.parametrize("damage", ["truncate_npy", "garbage_npy", "garbage_json", "bad_offsets", "no_json"])
-def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, source: Path, damage: str) -> None:
+def _good_entry(tmp_path: Path, source: Path) -> tuple[_Builder, torch.Tensor, Path, Path]:
+    """A freshly built cache entry: its builder, its images, and its .npy / .json files."""
     build = _Builder([3, 4])
     good = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
-    expected = good.images.clone()
     npy = Path(good.meta["cache"])
-    js = npy.with_suffix(".json")
-    del good
+    return build, good.images.clone(), npy, npy.with_suffix(".json")
+
+
+@pytest.mark.parametrize("damage", ["truncate_npy", "garbage_npy", "garbage_json", "bad_offsets", "no_json"])
+def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, source: Path, damage: str) -> None:
+    build, expected, npy, js = _good_entry(tmp_path, source)
     if damage == "truncate_npy":
         data = npy.read_bytes()
         npy.write_bytes(data[: len(data) // 2])
@@ -206,12 +209,7 @@ def _flip_byte(path: Path, pos: int) -> None:
                                     "unsorted_offsets", "no_digest"])
 def test_cache_content_is_verified(tmp_path: Path, source: Path, damage: str) -> None:
     """Damage that keeps the entry loadable (same shape, same file size) must still be caught and rebuilt."""
-    build = _Builder([3, 4])
-    good = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
-    expected = good.images.clone()
-    npy = Path(good.meta["cache"])
-    js = npy.with_suffix(".json")
-    del good
+    build, expected, npy, js = _good_entry(tmp_path, source)
     info = json.loads(js.read_text())
     if damage == "bit_flip":
         _flip_byte(npy, npy.stat().st_size - 5)  # a pixel, not the header
