@@ -100,7 +100,8 @@ def _finetune_top(a: argparse.Namespace, dataset: str, shots: int, support: Clas
         recs = ft.select_on_heldout(model, bank_s, y, a.ft_layers, a.ft_lr, a.ft_checkpoints,
                                     holdout=max(1, shots // 5), folds=a.ft_folds, seed=a.seed, **kw)
         for r in recs:
-            emit({"protocol": "fullway-ft-select", "dataset": dataset, "shots": shots, "layers": a.ft_layers,
+            emit({"protocol": "fullway-ft-select", "dataset": dataset, "shots": shots, "seed": a.seed,
+                  "layers": a.ft_layers,
                   "holdout": max(1, shots // 5), "folds": a.ft_folds, **r})
         best = max(recs, key=lambda r: (r["heldout_acc"], -r["steps"], -r["lr"]))
         lr, steps, chosen = best["lr"], best["steps"], f"heldout ({time.perf_counter() - t1:.0f} s)"
@@ -112,6 +113,7 @@ def _finetune_top(a: argparse.Namespace, dataset: str, shots: int, support: Clas
     zq = [ft.to_store(ft.embed(top, b), q) for b, (_, q) in zip(banks_q, queries, strict=True)]
     learner: MetaLearner = LogisticRegression() if a.ft_classifier == "logreg" else NearestClassMean()
     info = {"layers": a.ft_layers, "lr": lr, "steps": steps, "ways": ways, "chosen": chosen,
+            "ft_folds": a.ft_folds if (a.ft_select or len(a.ft_lr) > 1) else 0,
             "classifier": a.ft_classifier,
             "first_loss": round(losses[0], 4) if losses else None,
             "last_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
@@ -189,7 +191,8 @@ def main() -> None:
                 acc = float((probs[0].argmax(1) == y).mean())
                 rec = {"protocol": "fullway", "method": method, "dataset": dataset, "shots": shots,
                        "classes": support.num_classes, "support": len(support), "test": len(test),
-                       "acc": round(100 * acc, 2), "seconds": round(time.perf_counter() - t0, 2), **extra}
+                       "acc": round(100 * acc, 2), "seconds": round(time.perf_counter() - t0, 2),
+                       "seed": a.seed, **extra}
                 emit(rec)
                 if oos:
                     yv = np.concatenate([_labels_of(val_in, support.class_names).numpy(),
