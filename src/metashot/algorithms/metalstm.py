@@ -42,17 +42,22 @@ class MetaLSTMCell(nn.Module):
 
     applied to every coordinate of the learner independently with shared weights; ``h_t`` [P, H] is the
     first LSTM layer's output for each coordinate (it reads the preprocessed gradient and loss). The biases
-    are initialised as in the paper: b_F ~ U(4, 6) so that f starts near 1 (no decay) and b_I ~ U(-5, -4) so
-    that i starts small (a small learning rate, about 0.01).
+    are initialised as in the paper by default: b_F ~ U(4, 6) so that f starts near 1 (no decay) and
+    b_I ~ U(-5, -4) so that i starts small (a small learning rate, about 0.01); ``forget_bias_init`` and
+    ``input_bias_init`` ([low, high]) change the ranges.
     """
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, forget_bias_init: tuple[float, float] = (4.0, 6.0),
+                 input_bias_init: tuple[float, float] = (-5.0, -4.0)) -> None:
         super().__init__()
+        for name, r in (("forget_bias_init", forget_bias_init), ("input_bias_init", input_bias_init)):
+            if len(r) != 2 or not r[0] <= r[1]:
+                raise ValueError(f"MetaLSTMCell: {name} must be [low, high] with low <= high, got {list(r)}")
         self.hidden_size = hidden_size
         self.w_forget = nn.Parameter(torch.empty(hidden_size + 2).uniform_(-0.01, 0.01))
-        self.b_forget = nn.Parameter(torch.empty(1).uniform_(4.0, 6.0))
+        self.b_forget = nn.Parameter(torch.empty(1).uniform_(*map(float, forget_bias_init)))
         self.w_input = nn.Parameter(torch.empty(hidden_size + 2).uniform_(-0.01, 0.01))
-        self.b_input = nn.Parameter(torch.empty(1).uniform_(-5.0, -4.0))
+        self.b_input = nn.Parameter(torch.empty(1).uniform_(*map(float, input_bias_init)))
 
     def forward(self, h: torch.Tensor, theta: torch.Tensor, grad: torch.Tensor, f_prev: torch.Tensor,
                 i_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,12 +80,16 @@ class MetaLSTMOptimizer(nn.Module):
     State: (h1 [P, H], c1 [P, H], f_prev [P], i_prev [P]); :meth:`initial_state` gives zeros.
     """
 
-    def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0) -> None:
+    def __init__(self, hidden_size: int = 20, preprocess_p: float = 10.0,
+                 forget_bias_init: tuple[float, float] = (4.0, 6.0),
+                 input_bias_init: tuple[float, float] = (-5.0, -4.0)) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.preprocess_p = preprocess_p
         self.lstm = nn.LSTMCell(4, hidden_size)
-        self.cell = MetaLSTMCell(hidden_size)
+        self.cell = MetaLSTMCell(hidden_size, forget_bias_init, input_bias_init)
+        self.forget_bias_init = [float(v) for v in forget_bias_init]
+        self.input_bias_init = [float(v) for v in input_bias_init]
 
     def initial_state(self, num_coords: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = like.new_zeros(num_coords, self.hidden_size)
@@ -135,6 +144,8 @@ class MetaLSTM(MetaLearner):
         preprocess_p: p of the gradient/loss preprocessing (10).
         second_order: differentiate through the gradients (not in the paper).
         head: add the linear N-way head; False if the backbone's output [B, ways] already is the logits.
+        forget_bias_init, input_bias_init: [low, high] of the uniform initialisation of the update cell's
+            gate biases (the paper: [4, 6] and [-5, -4]; sigmoid(-4.5) = 0.011 is the initial learning rate).
     """
 
     adapt_needs_grad = True
@@ -142,7 +153,9 @@ class MetaLSTM(MetaLearner):
     def __init__(self, backbone: nn.Module, ways: int = 5,
                  input_shape: tuple[int, ...] | list[int] | None = None, inner_steps: int = 12,
                  hidden_size: int = 20, preprocess_p: float = 10.0, second_order: bool = False,
-                 head: bool = True, item_shape: tuple[int, ...] | list[int] | None = None) -> None:
+                 head: bool = True, item_shape: tuple[int, ...] | list[int] | None = None,
+                 forget_bias_init: tuple[float, float] | list[float] = (4.0, 6.0),
+                 input_bias_init: tuple[float, float] | list[float] = (-5.0, -4.0)) -> None:
         super().__init__()
         if item_shape is not None and input_shape is not None and list(item_shape) != list(input_shape):
             raise ValueError(f"MetaLSTM: item_shape {list(item_shape)} (the old name of input_shape) and "
@@ -171,7 +184,8 @@ class MetaLSTM(MetaLearner):
             self.head = None
         self.inner_steps = int(inner_steps)
         self.second_order = bool(second_order)
-        self.meta_lstm = MetaLSTMOptimizer(int(hidden_size), float(preprocess_p))
+        self.meta_lstm = MetaLSTMOptimizer(int(hidden_size), float(preprocess_p), tuple(forget_bias_init),
+                                           tuple(input_bias_init))
 
     # -- the learner as a pure function of a flat parameter vector ------------------------------------------
 
@@ -254,4 +268,6 @@ class MetaLSTM(MetaLearner):
     def config_dict(self) -> dict[str, Any]:
         return {"ways": self.ways, "input_shape": list(self.input_shape), "inner_steps": self.inner_steps,
                 "hidden_size": self.meta_lstm.hidden_size, "preprocess_p": self.meta_lstm.preprocess_p,
-                "second_order": self.second_order, "head": self.head is not None}
+                "second_order": self.second_order, "head": self.head is not None,
+                "forget_bias_init": self.meta_lstm.forget_bias_init,
+                "input_bias_init": self.meta_lstm.input_bias_init}

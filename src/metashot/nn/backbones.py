@@ -36,22 +36,26 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
         raise ValueError(f"backbone {name!r}: bad arguments {kwargs}: {e}") from e
 
 
-def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout),
-                               nn.ReLU()]
+def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1,
+               batch_norm: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1)]
+    layers += [nn.BatchNorm2d(cout), nn.ReLU()] if batch_norm else [nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
 
 @register_backbone("conv4")
-def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth: int = 4) -> nn.Module:
+def conv4(in_channels: int = 1, hidden: int = 64, out_channels: int = 64, depth: int = 4,
+          batch_norm: bool = True) -> nn.Module:
     """Snell et al. 2017 / Vinyals et al. 2016 embedding: depth x [3x3 conv, BN, ReLU, 2x2 max-pool], flat.
 
-    On 28x28 inputs with 64 channels the output is 64-d (1x1 spatial); on 84x84, 1600-d.
+    On 28x28 inputs with 64 channels the output is 64-d (1x1 spatial); on 84x84, 1600-d. ``batch_norm=False``
+    drops the BN layers (an ablation).
     """
     chans = [in_channels] + [hidden] * (depth - 1) + [out_channels]
-    return nn.Sequential(*[conv_block(chans[i], chans[i + 1]) for i in range(depth)], nn.Flatten())
+    return nn.Sequential(*[conv_block(chans[i], chans[i + 1], batch_norm=batch_norm) for i in range(depth)],
+                         nn.Flatten())
 
 
 @register_backbone("conv4_maps")
