@@ -210,6 +210,25 @@ def test_argument_errors_name_the_problem():
                  inner_steps=0)
 
 
+def test_gate_bias_initialisation_ranges():
+    def learner(**kw: object) -> MetaLSTM:
+        torch.manual_seed(0)
+        backbone = build_backbone("mlp", in_features=4, hidden=[4], out_features=4)
+        return MetaLSTM(backbone, input_shape=(4,), **kw)
+
+    paper, other = learner(), learner(input_bias_init=[-2.5, -2.0], forget_bias_init=[7.0, 7.0])
+    assert 4.0 <= paper.meta_lstm.cell.b_forget.item() <= 6.0
+    assert -5.0 <= paper.meta_lstm.cell.b_input.item() <= -4.0
+    assert -2.5 <= other.meta_lstm.cell.b_input.item() <= -2.0
+    assert other.meta_lstm.cell.b_forget.item() == 7.0
+    # the same random draws: only the ranges differ
+    assert torch.equal(paper.meta_lstm.cell.w_input, other.meta_lstm.cell.w_input)
+    assert other.config_dict()["input_bias_init"] == [-2.5, -2.0]
+    assert paper.config_dict()["forget_bias_init"] == [4.0, 6.0]
+    with pytest.raises(ValueError, match=r"input_bias_init must be \[low, high\]"):
+        learner(input_bias_init=[-2.0, -2.5])
+
+
 # -- a short real run, then the checkpoint round trip -------------------------------------------------------
 
 

@@ -175,3 +175,11 @@ def test_adapter_is_identity_at_init_and_has_head() -> None:
     assert h(x).shape == (3, 5) and "head.weight" in dict(h.named_parameters())
     with pytest.raises(ValueError, match="expects 8"):
         a(torch.randn(2, 9))
+
+
+def test_conv4_without_batch_norm():
+    with_bn, without = build_backbone("conv4", hidden=4, out_channels=4), build_backbone(
+        "conv4", hidden=4, out_channels=4, batch_norm=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
+    assert without(torch.zeros(2, 1, 28, 28)).shape == with_bn(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
