@@ -204,6 +204,27 @@ def text_fullway() -> Table | None:
     return ["method", "K", *DATASETS], rows, notes
 
 
+def text_seeds() -> Table | None:
+    """finetune-top, both selection protocols, one row per dataset and protocol: each seed, mean and sd."""
+    recs = [r for r in read("text/fullway_seeds.jsonl")
+            if r.get("protocol") == "fullway" and r.get("method") == "finetune-top"]
+    if not recs:
+        return None
+    groups: dict[tuple[str, int, int], list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["dataset"], r["shots"], r["ft_folds"]), []).append(r)
+    rows = []
+    for (d, k, folds), rs in sorted(groups.items(), key=lambda g: (DATASETS.index(g[0][0]), g[0][1:])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        accs = [r["acc"] for r in rs]
+        sd = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
+        rows.append(([d, str(k), f"{folds} fold" + ("s" if folds > 1 else "")],
+                     [", ".join(f"{r['acc']:.2f}" for r in rs), f"{statistics.mean(accs):.2f}", sd,
+                      str(len(rs)), "; ".join(f"{r['lr']:g}, {r['steps']}" for r in rs)]))
+    return (["dataset", "K", "selection", "test acc per seed (0, 1, 2)", "mean", "sd", "seeds",
+             "lr, steps chosen per seed"], rows, ["sd: sample standard deviation over the seeds (n - 1)."])
+
+
 def text_oos() -> Table | None:
     oos = [r for r in read("text/fullway.jsonl") if r.get("protocol") == "oos"]
     if not oos:
@@ -298,6 +319,25 @@ def lake_test() -> Table | None:
             "test error % [95% CI]"], rows, []
 
 
+METALSTM_ABLATION = {"paper": "paper gate initialisation, 5 queries/class (the old recipe)",
+                     "gate01": "input gate starts at about 0.1",
+                     "gate01-q15": "the same, 15 queries/class in meta-training",
+                     "gate01-nobn": "the same as gate01, learner without batch norm (stopped at step 750)"}
+
+
+def metalstm_ablation() -> Table | None:
+    rows = []
+    for key, label in METALSTM_ABLATION.items():
+        recs = read(f"metalstm/mlstm-abl-{key}-metrics.jsonl")
+        if not recs:
+            continue
+        val = {r["step"]: pm(r["val_acc"], r["val_ci95"]) for r in recs if "val_acc" in r}
+        rows.append(([key, label], [val.get(s, "-") for s in (500, 1000, 1500)]))
+    if not rows:
+        return None
+    return ["run", "variant", "val @500", "val @1000", "val @1500"], rows, []
+
+
 def rl_fine_grid() -> Table | None:
     recs = read("rl/test_fine_grid.jsonl")
     if not recs:
@@ -323,9 +363,12 @@ TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
     ("Lake: the chosen models on the official runs", "lake/test.jsonl", lake_test),
     ("2D navigation: fine step-size grid, pretrained and random init", "rl/test_fine_grid.jsonl",
      rl_fine_grid),
+    ("Meta-LSTM on Omniglot: the ablation (validation)", "metalstm/mlstm-abl-*-metrics.jsonl",
+     metalstm_ablation),
     ("Text: Protocol 1, episodic", "text/episodic*.jsonl", text_episodic),
     ("Text: MAML inner rate 4.0, fold 1", "text/maml_inner_lr4_fold1.jsonl", text_inner_lr4),
     ("Text: Protocol 2, full-way", "text/fullway*.jsonl", text_fullway),
+    ("Text: finetune-top over seeds, both selection protocols", "text/fullway_seeds.jsonl", text_seeds),
     ("Text: out-of-scope detection", "text/fullway.jsonl", text_oos),
     ("Text: the bundled protonet-minilm-intents", "text/bundled_eval.jsonl, text/episodic.jsonl",
      text_bundled),

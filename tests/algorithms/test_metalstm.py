@@ -238,7 +238,7 @@ def trained_run(tmp_path_factory, omniglot_train):
     from metashot.train import train_from_config
 
     out = tmp_path_factory.mktemp("metalstm-run")
-    cfg = load_config(CONFIGS / "metalstm-omniglot-5w1s.yaml", [
+    cfg = load_config(CONFIGS / "metalstm-omniglot-5w1s-paper.yaml", [
         "model.backbone_args={in_channels: 1, hidden: 8, out_channels: 8}",
         "model.algorithm_args.inner_steps=3",
         "train.steps=150", "train.lr=0.005", "train.val_every=0", "train.log_every=50", "train.threads=null",
