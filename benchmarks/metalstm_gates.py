@@ -2,8 +2,9 @@
 
 Runs a trained Meta-LSTM on fixed seeded test episodes with the gates recorded, and plots, for every learner
 parameter tensor, the mean over its coordinates and the episodes of i_t (and f_t) at each inner step t, like
-Figure 2 of Ravi & Larochelle 2017. Prints the values as JSON; the plot needs matplotlib (``pip install
-metashot[plot]``).
+Figure 2 of Ravi & Larochelle 2017. Also reports, per inner step, what the LSTM's input preprocessing
+sees: the fraction of gradient coordinates below exp(-p) (its linear branch), the median |gradient| and the
+support loss. Prints the values as JSON; the plot needs matplotlib (``pip install metashot[plot]``).
 
     python benchmarks/metalstm_gates.py metalstm-omniglot --episodes 100 --out docs/figures/metalstm-gates.png
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,13 +27,20 @@ from metashot.data.episodes import EpisodeSampler
 Curves = dict[str, dict[str, list[float]]]
 
 
-def gate_curves(learner: MetaLSTM, sampler: EpisodeSampler, episodes: int) -> Curves:
-    """{parameter name: {"input": [mean i_t for t = 1..T], "forget": [mean f_t ...]}} over ``episodes``."""
+def gate_curves(learner: MetaLSTM, sampler: EpisodeSampler, episodes: int,
+                gradients: dict[str, list[float]] | None = None) -> Curves:
+    """{parameter name: {"input": [mean i_t for t = 1..T], "forget": [mean f_t ...]}} over ``episodes``.
+
+    If ``gradients`` is a dict, it receives, per inner step t, the fraction of gradient coordinates that the
+    input preprocessing sends to its linear branch (|g| < exp(-p)), the median |g|, and the mean support loss.
+    """
     named = learner.learner_parameters()
     sizes = [p.numel() for _, p in named]
     T = learner.inner_steps
     sums = {n: {"input": torch.zeros(T, dtype=torch.float64), "forget": torch.zeros(T, dtype=torch.float64)}
             for n, _ in named}
+    thresh = math.exp(-learner.meta_lstm.preprocess_p)
+    small, median, loss = (torch.zeros(T, dtype=torch.float64) for _ in range(3))
     learner.eval()
     for e in range(episodes):
         sx, sy, _, _ = sampler.sample(e).to("cpu").task(0)
@@ -41,6 +50,14 @@ def gate_curves(learner: MetaLSTM, sampler: EpisodeSampler, episodes: int) -> Cu
             for gate in ("input", "forget"):
                 for (n, _), chunk in zip(named, rec[gate].split(sizes), strict=True):
                     sums[n][gate][t] += chunk.double().mean()
+            g = rec["grad"].abs().double()
+            small[t] += (g < thresh).double().mean()
+            median[t] += g.median()
+            loss[t] += float(rec["loss"])
+    if gradients is not None:
+        gradients.update({"linear_branch_fraction": (small / episodes).tolist(),
+                          "median_abs_grad": (median / episodes).tolist(),
+                          "support_loss": (loss / episodes).tolist()})
     return {n: {g: (v / episodes).tolist() for g, v in d.items()} for n, d in sums.items()}
 
 
@@ -88,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     store = load_split(data["dataset"], split, data.get("root"), data.get("image_size"),
                        **(data.get("options") or {}))
     sampler = EpisodeSampler(store, ev["ways"], ev["shots"], ev["queries"], seed=a.seed)
-    curves = gate_curves(learner, sampler, a.episodes)
+    grads: dict[str, list[float]] = {}
+    curves = gate_curves(learner, sampler, a.episodes, grads)
     print(json.dumps({"checkpoint": str(a.checkpoint), "split": split, "episodes": a.episodes, "seed": a.seed,
-                      "gates": curves}))
+                      "gradients": grads, "gates": curves}))
     if a.out:
         title = (f"Meta-LSTM gates, {a.checkpoint}: {store.meta.get('name', '?')} {ev['ways']}-way "
                  f"{ev['shots']}-shot, mean over {a.episodes} episodes (seed {a.seed})")

@@ -230,7 +230,8 @@ class MetaLSTM(MetaLearner):
         """theta_T [P] after ``inner_steps`` LSTM updates on the support set (support_x [S, *item], [S]).
 
         The meta-learner's graph is recorded only in training mode with autograd enabled. If ``trace`` is a
-        list, each step appends ``{"forget": f_t [P], "input": i_t [P], "loss": L_t}`` (detached).
+        list, each step appends ``{"forget": f_t [P], "input": i_t [P], "loss": L_t, "grad": grad_t [P]}``
+        (detached).
         """
         ways = self._ways_of(support_y)
         record = self.training and torch.is_grad_enabled()
@@ -252,7 +253,8 @@ class MetaLSTM(MetaLearner):
             with torch.set_grad_enabled(record):
                 theta, state = self.meta_lstm(theta, grad, loss, state)
             if trace is not None:
-                trace.append({"forget": state[2].detach(), "input": state[3].detach(), "loss": loss.detach()})
+                trace.append({"forget": state[2].detach(), "input": state[3].detach(), "loss": loss.detach(),
+                              "grad": grad.detach()})
         return theta
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
