@@ -187,20 +187,24 @@ def text_inner_lr4() -> Table | None:
     return ["dataset", "shots", "best validation acc", "fold-1 test acc"], rows, []
 
 
+def _fullway_label(r: dict) -> str:
+    if r["method"] != "finetune-top" or not r.get("ft_folds"):
+        return r["method"]
+    return f"finetune-top, {r['ft_folds']} held-out fold" + ("s" if r["ft_folds"] > 1 else "")
+
+
 def text_fullway() -> Table | None:
-    recs = read("text/fullway.jsonl", "text/fullway_ft.jsonl", "text/fullway_ft10.jsonl",
-                "text/fullway_ft_cv.jsonl", "text/fullway_ft_cv_banking.jsonl")
-    full = {(r["method"], r["shots"], r["dataset"]): r["acc"] for r in recs if r.get("protocol") == "fullway"}
+    """The full-way table: every method at seed 0 (the finetune-top rows from the seed runs' seed-0 lines)."""
+    recs = read("text/fullway.jsonl", "text/fullway_ft10.jsonl", "text/fullway_seeds.jsonl")
+    full = {(_fullway_label(r), r["shots"], r["dataset"]): r["acc"] for r in recs
+            if r.get("protocol") == "fullway" and r.get("seed", 0) == 0}
     if not full:
         return None
     rows = [([m, str(k)], [f"{full[(m, k, d)]:.2f}" if (m, k, d) in full else "-" for d in DATASETS])
             for m, k in sorted({(m, k) for m, k, _ in full}, key=lambda x: (x[1], x[0]))]
-    missing = [n for n in ("fullway_ft0.jsonl", "fullway_ft.jsonl", "fullway_ft10.jsonl",
-                           "fullway_ft_cv.jsonl", "fullway_ft_cv_banking.jsonl", "fullway_ft_cv_seed1.jsonl")
-               if not (R / "text" / n).is_file()]
     notes = []
-    if missing:
-        notes.append(f"no records for the finetune-top rows: results/text/{', '.join(missing)} not found")
+    if not (R / "text" / "fullway_ft10.jsonl").is_file():
+        notes.append("no record for the finetune-top 10-shot row: results/text/fullway_ft10.jsonl not found")
     return ["method", "K", *DATASETS], rows, notes
 
 
@@ -338,6 +342,19 @@ def metalstm_ablation() -> Table | None:
     return ["run", "variant", "val @500", "val @1000", "val @1500"], rows, []
 
 
+def metalstm_bundled() -> Table | None:
+    test, recs = read("metalstm/bundled-test.json"), read("metalstm/bundled-metrics.jsonl")
+    if not test or not recs:
+        return None
+    val = [r for r in recs if "val_acc" in r]
+    best = max(val, key=lambda r: r["val_acc"])  # the first of equal maxima, as the trainer keeps
+    curve = ", ".join(f"{r['val_acc']:.2f}" for r in val)
+    return (["checkpoint", "validation (best)", "test 5-way 1-shot"],
+            [([f"best/ = step {best['step']}"], [pm(best["val_acc"], best["val_ci95"]),
+                                                 pm(test[0]["acc"], test[0]["ci95"])])],
+            [f"validation every {val[1]['step'] - val[0]['step']} steps: {curve}"])
+
+
 def rl_fine_grid() -> Table | None:
     recs = read("rl/test_fine_grid.jsonl")
     if not recs:
@@ -363,6 +380,7 @@ TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
     ("Lake: the chosen models on the official runs", "lake/test.jsonl", lake_test),
     ("2D navigation: fine step-size grid, pretrained and random init", "rl/test_fine_grid.jsonl",
      rl_fine_grid),
+    ("Meta-LSTM on Omniglot: the bundled model", "metalstm/bundled-*.json*", metalstm_bundled),
     ("Meta-LSTM on Omniglot: the ablation (validation)", "metalstm/mlstm-abl-*-metrics.jsonl",
      metalstm_ablation),
     ("Text: Protocol 1, episodic", "text/episodic*.jsonl", text_episodic),
