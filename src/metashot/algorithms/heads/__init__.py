@@ -1,0 +1,86 @@
+"""Few-shot heads over fixed features: inductive (each query alone) and transductive (the unlabelled batch).
+
+A head maps one or more tasks of already-mapped features (:mod:`metashot.nn.feature_maps`) to query scores:
+
+    head(zs [T, S, D], ys [T, S], zq [T, M, D], ways) -> scores [T, M, N]
+
+Scores are logits: argmax is the prediction, softmax the class probabilities. A head whose ``transductive``
+is True uses the other queries of the batch zq (so a query's answer can depend on the other queries); an
+inductive head scores every query on its own. Heads are pure functions of their inputs (no state kept
+between calls) and hold only hyperparameters. One file per head, each opening with its paper and equation;
+``@register_head`` makes a head constructible by name (``SimpleShot(head=..., head_args=...)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from metashot.algorithms.protonet import class_means, sq_euclidean
+
+_HEADS: dict[str, type[Head]] = {}
+
+
+class Head:
+    """Base class: hyperparameters in ``__init__``, the rule in ``__call__``; ``args`` rebuilds it."""
+
+    name = "head"
+    transductive = False
+
+    def __init__(self, **args: Any) -> None:
+        self.args = dict(args)
+
+    def __call__(self, zs: torch.Tensor, ys: torch.Tensor, zq: torch.Tensor, ways: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator: a head constructible by name; a second head with the same name is an error."""
+    def deco(cls: type[Head]) -> type[Head]:
+        if name in _HEADS and _HEADS[name] is not cls:
+            raise ValueError(f"head name {name!r} is already registered by {_HEADS[name].__name__}")
+        _HEADS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def make_head(name: str, **args: Any) -> Head:
+    """The head registered as ``name`` with hyperparameters ``args`` (unknown ones are an error)."""
+    if name not in _HEADS:
+        raise ValueError(f"unknown head {name!r}; available: {', '.join(sorted(_HEADS))}")
+    try:
+        return _HEADS[name](**args)
+    except TypeError as e:
+        raise ValueError(f"head {name!r}: bad arguments {sorted(args)} ({e})") from e
+
+
+def available_heads() -> list[str]:
+    return sorted(_HEADS)
+
+
+def distance_logits(zq: torch.Tensor, protos: torch.Tensor, scale: float) -> torch.Tensor:
+    """-scale * ||zq - p_k||^2: zq [..., M, D], protos [..., N, D] -> [..., M, N]."""
+    return -scale * sq_euclidean(zq, protos)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of rows: a [..., M, D], b [..., N, D] -> [..., M, N]."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+
+def prototypes(zs: torch.Tensor, ys: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means of the support features [..., S, D] -> [..., N, D]."""
+    return class_means(zs, ys, ways, owner="head")
+
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
