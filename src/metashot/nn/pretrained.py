@@ -101,8 +101,8 @@ class TimmBackbone(nn.Module):
             is faster.
         precision: ``auto`` (bfloat16 autocast where the device computes it natively: a CPU with AVX512-BF16
             or AMX, detected by :func:`metashot._env.cpu_has_bf16`, or a CUDA GPU with bf16; float32
-            elsewhere), ``fp32`` (the reference path) or ``bf16``. ``$METASHOT_PRECISION`` overrides it. Only a
-            frozen trunk's forward runs in bfloat16; its features come back as float32.
+            elsewhere), ``fp32`` (the reference path) or ``bf16``. ``$METASHOT_PRECISION`` overrides it.
+            Only a frozen trunk's forward runs in bfloat16; its features come back as float32.
     """
 
     def __init__(self, model: str | list[str] = "tf_efficientnet_lite0", pretrained: bool | str = True,

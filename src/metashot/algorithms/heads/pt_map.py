@@ -42,7 +42,8 @@ class PTMAP(Head):
     def __init__(self, lam: float = 10.0, alpha: float = 0.2, steps: int = 30,
                  sinkhorn_iters: int = 50) -> None:
         super().__init__(lam=lam, alpha=alpha, steps=steps, sinkhorn_iters=sinkhorn_iters)
-        self.lam, self.alpha, self.steps, self.iters = float(lam), float(alpha), int(steps), int(sinkhorn_iters)
+        self.lam, self.alpha = float(lam), float(alpha)
+        self.steps, self.iters = int(steps), int(sinkhorn_iters)
 
     def plan(self, zq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         T, M, N = zq.shape[0], zq.shape[-2], c.shape[-2]
