@@ -33,6 +33,7 @@ from PIL import Image
 from metashot.algorithms.base import MetaLearner, Predictor
 from metashot.checkpoint import CheckpointError, load_checkpoint
 from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, ImageSpec, preprocess_checked, to_float
+from metashot.predict_folder import predict_images_csv, query_images  # noqa: F401 (moved there)
 
 
 class NotFittedError(RuntimeError):
@@ -178,6 +179,7 @@ class FewShotClassifier:
             for i in range(0, len(x), self.batch_size):
                 out.append(self._predictor(x[i : i + self.batch_size]).detach().float().cpu())
         logits = torch.cat(out)
+        check_finite(logits, f"predict with checkpoint {self.source or '(in memory)'}")
         return (logits / self.temperature if self.temperature != 1.0 else logits).numpy()
 
     def predict_proba(self, images: Any) -> np.ndarray:
@@ -197,52 +199,22 @@ class FewShotClassifier:
         return float(np.mean([p == t for p, t in zip(pred, labels, strict=True)]))
 
 
+def check_finite(logits: torch.Tensor, where: str) -> None:
+    """Refuse scores that hold NaN/Inf (a diverged or damaged model): a label or accuracy from them would be
+    meaningless. ``where`` names the call and the checkpoint in the one-line ValueError."""
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"{where}: the model's scores are not finite ({bad} of {logits.numel()} NaN/Inf); its "
+                         f"weights or batch-norm statistics hold NaN/Inf (a diverged or damaged checkpoint), "
+                         f"so its labels would be meaningless: use an earlier checkpoint or retrain")
+
+
 def _caller_level() -> int:
     """The stacklevel that points a warning at the first frame outside this file (the user's call)."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     return level
-
-
-def query_images(query: str | Path) -> list[Path]:
-    """The images to classify: one image file, or the images of a folder (``list_images``' rules: other
-    files skipped with one warning naming them all, unreadable images fail)."""
-    from metashot.data.folder import IMAGE_SUFFIXES, list_images
-
-    q = Path(query)
-    if q.is_file():
-        if q.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"query {q} is a file but not an image (expected one of "
-                             f"{', '.join(sorted(IMAGE_SUFFIXES))}); give an image or a folder of images")
-        return [q]
-    if not q.exists():
-        raise FileNotFoundError(f"query {q} does not exist (give an image file or a folder of images)")
-    return list_images(q)
-
-
-def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str | Path,
-                       output: str | Path | None = None) -> int:
-    """``metashot predict`` for an image checkpoint: fit on a folder of class subfolders, write
-    ``file,label,confidence`` rows for the query image or folder to ``output`` (default: standard output)."""
-    import csv
-
-    from metashot.csv_safe import spreadsheet_safe
-
-    clf.fit_folder(support)
-    queries = query_images(query)
-    proba = clf.predict_proba(queries)
-    out = open(output, "w", newline="") if output else sys.stdout
-    try:
-        w = csv.writer(out)
-        w.writerow(["file", "label", "confidence"])
-        for f, p in zip(queries, proba, strict=True):
-            k = int(p.argmax())
-            w.writerow([spreadsheet_safe(f), spreadsheet_safe(clf.classes_[k]), f"{p[k]:.4f}"])
-    finally:
-        if output:
-            out.close()
-    return 0
 
 
 def bundled_models() -> list[dict[str, str]]:

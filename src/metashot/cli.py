@@ -101,14 +101,20 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from metashot.classifier import load, predict_images_csv
+    from metashot.classifier import load
+    from metashot.predict_folder import predict_images_csv
 
     clf = load(a.checkpoint, a.device)
     if clf.text_encoder is not None:  # text checkpoint: sentence files instead of image folders
         from metashot.text.glue import predict_text_cli
 
+        if given := [f"--{f.replace('_', '-')}" for f in ("resume", "skip_unreadable", "inductive", "unknown")
+                     if getattr(a, f)]:
+            raise ValueError(f"{', '.join(given)}: for image checkpoints only; leave it out for sentences")
         return predict_text_cli(clf, a.support, a.query, a.output, a.threshold)
-    return predict_images_csv(clf, a.support, a.query, a.output)
+    return predict_images_csv(clf, a.support, a.query, a.output, batch_size=a.batch_size, resume=a.resume,
+                              skip_unreadable=a.skip_unreadable, transductive=False if a.inductive else None,
+                              unknown=a.unknown)
 
 
 def _cmd_sinusoid_train(a: argparse.Namespace) -> int:
@@ -270,7 +276,17 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                          "points: a CSV with a text column, or a text file with one sentence per line)")),
         ("--threshold", dict(type=float, help="text checkpoints: label 'oos' (out of scope) when the "
                                               "confidence is below this")),
-        ("--output", dict(help="CSV file (default: standard output)")), _DEVICE]),
+        ("--output", dict(help="CSV file (default: standard output); an existing one needs --resume")),
+        ("--batch-size", dict(type=_positive_int, default=64, help="photos decoded, classified and written "
+                              "together (default 64); sets memory. With a transductive head each chunk of "
+                              "--batch-size photos is one unlabelled batch")),
+        ("--resume", dict(action="store_true", help="continue --output: skip the files it already has a row "
+                          "for (a cut last line is rewritten) and append the rest")),
+        ("--skip-unreadable", dict(action="store_true", help="go on without unreadable images: one warning, "
+                                   "and a row with an empty label and the note 'unreadable' each")),
+        ("--inductive", dict(action="store_true", help="classify each photo alone, never from the batch")),
+        ("--unknown", dict(action="store_true", help="label photos of no support class 'unknown'")),
+        _DEVICE, _QUIET]),
     (("plot",), "PNG learning curves of a run (needs matplotlib: metashot[plot])", _cmd_plot, [
         ("run_dir", dict(help="run folder with metrics.jsonl")),
         ("--output", dict(help="PNG file (default RUN_DIR/learning_curves.png)"))]),

@@ -22,8 +22,11 @@ from metashot.data.store import ClassStore, cached_store
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def list_folder(root: Path) -> dict[str, list[Path]]:
+def list_folder(root: Path, unreadable: list[Path] | None = None) -> dict[str, list[Path]]:
     """Class name -> sorted image paths.
+
+    ``unreadable``: when given, an image entry that cannot be read (a broken link) is appended to it and
+    left out instead of raising, so a caller can name every such file at once.
 
     Raises:
         FileNotFoundError: ``root`` does not exist, or an image entry is a broken link.
@@ -62,6 +65,9 @@ def list_folder(root: Path) -> dict[str, list[Path]]:
                 continue
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir():
                 if not p.is_file():
+                    if unreadable is not None:
+                        unreadable.append(p)
+                        continue
                     raise FileNotFoundError(f"image folder {root}: class {c.name!r}: image {p} cannot be "
                                             f"read (a broken link or not a regular file); fix or remove it")
                 files.append(p)
@@ -79,12 +85,13 @@ def list_folder(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def list_images(root: Path) -> list[Path]:
+def list_images(root: Path, unreadable: list[Path] | None = None) -> list[Path]:
     """Every image file under ``root`` (any depth), sorted: the query side of ``metashot predict``.
 
     The same rules as :func:`list_folder`: hidden entries are not data; files with other suffixes are skipped
     with ONE warning that names every one of them; an image entry that cannot be read (a broken link, not a
-    regular file) is an error naming it, and so is a corrupt image when it is decoded.
+    regular file) is an error naming it, and so is a corrupt image when it is decoded. With ``unreadable``
+    given, such entries are appended to it (in sorted order) instead of raising, and not returned.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or an image entry is a broken link / not a regular file.
@@ -101,6 +108,8 @@ def list_images(root: Path) -> list[Path]:
             continue
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(str(rel))
+        elif not p.is_file() and unreadable is not None:
+            unreadable.append(p)
         elif not p.is_file():
             raise FileNotFoundError(f"query folder {root}: image {p} cannot be read (a broken link or not a "
                                     f"regular file); fix or remove it")
