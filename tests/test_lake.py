@@ -110,3 +110,22 @@ def test_bundled_lake_model(runs: list[LakeRun]) -> None:
                                  5.0, 10.0, 5.0, 5.0, 0.0, 0.0, 5.0, 15.0, 10.0, 15.0]
     val = evaluate_checkpoint("lake-omniglot", validation_runs())
     assert val["trials"] == 1000 and round(val["error"] * 10) == 102  # 10.2 % on the validation runs
+
+
+def test_lake_refuses_a_model_with_non_finite_scores(runs: list[LakeRun], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A NaN weight gives NaN logits: an error, never "95.00 % error" (issue 27 item 1)."""
+    from metashot.checkpoint import build_learner, save_checkpoint
+    from metashot.cli import main
+
+    cfg = Config(model=ModelConfig(backbone_args={"in_channels": 1, "hidden": 8, "out_channels": 8}))
+    torch.manual_seed(0)
+    learner = build_learner(dict(cfg.model.__dict__))
+    with torch.no_grad():
+        next(learner.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"run01.*not finite"):
+        evaluate_learner(learner, OMNIGLOT_SPEC, runs[:1])
+    save_checkpoint(tmp_path / "ck", learner, cfg.to_dict(), extra={"image_spec": OMNIGLOT_SPEC.to_dict()})
+    assert main(["lake", str(tmp_path / "ck"), "--runs", "2"]) == 2
+    out = capsys.readouterr()
+    assert "not finite" in out.err and "% error" not in out.out

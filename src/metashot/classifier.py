@@ -204,9 +204,10 @@ def check_finite(logits: torch.Tensor, where: str) -> None:
     meaningless. ``where`` names the call and the checkpoint in the one-line ValueError."""
     if not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).sum())
-        raise ValueError(f"{where}: the model's scores are not finite ({bad} of {logits.numel()} NaN/Inf); its "
-                         f"weights or batch-norm statistics hold NaN/Inf (a diverged or damaged checkpoint), "
-                         f"so its labels would be meaningless: use an earlier checkpoint or retrain")
+        raise ValueError(f"{where}: the model's scores are not finite ({bad} of {logits.numel()} NaN/Inf); "
+                         f"its weights or batch-norm statistics hold NaN/Inf (a diverged or damaged "
+                         f"checkpoint), so its labels would be meaningless: use an earlier checkpoint or "
+                         f"retrain")
 
 
 def _caller_level() -> int:

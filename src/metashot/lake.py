@@ -112,7 +112,12 @@ def evaluate_learner(learner: MetaLearner, image_spec: ImageSpec | dict[str, Any
         learner: any MetaLearner (put in eval mode here, restored after).
         image_spec: the checkpoint's preprocessing (size, channels, ink polarity, filter).
         runs: the runs (default: the official archive under ``$METASHOT_DATA``).
+
+    Raises:
+        ValueError: the model's logits hold NaN/Inf (a diverged or damaged model), naming the run.
     """
+    from metashot.classifier import check_finite
+
     t0 = time.perf_counter()
     spec = ImageSpec.from_dict(image_spec) if isinstance(image_spec, dict) else image_spec
     runs = load_lake_runs() if runs is None else runs
@@ -129,6 +134,7 @@ def evaluate_learner(learner: MetaLearner, image_spec: ImageSpec | dict[str, Any
                 raise ValueError(f"Lake evaluation: {learner.algorithm_name} returned logits of shape "
                                  f"{tuple(logits.shape)} on {r.name}; expected "
                                  f"({len(r.test_files)}, {r.ways})")
+            check_finite(logits, f"Lake evaluation of {learner.algorithm_name} on {r.name}")
             errors.append(run_error(logits.argmax(-1).cpu().numpy(), r))
     finally:
         learner.train(was)
