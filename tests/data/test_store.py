@@ -145,6 +145,19 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, source: Path, damage: st
     assert build.calls == 2
 
 
+@pytest.mark.parametrize("empty", ["npy", "json", "both"])
+def test_zero_byte_cache_files_are_rebuilt_with_one_warning(tmp_path: Path, source: Path, empty: str) -> None:
+    """A zero-byte .npy (full disk, killed copy) gave an EOFError traceback on every run (issue 27, 11)."""
+    build, expected, npy, js = _good_entry(tmp_path, source)
+    for f in {"npy": [npy], "json": [js], "both": [npy, js]}[empty]:
+        f.write_bytes(b"")
+    with pytest.warns(UserWarning, match=f"store cache {npy} .* failed verification") as seen:
+        again = cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert len(seen) == 1 and build.calls == 2 and torch.equal(again.images, expected)
+    cached_store("toy", [source], {}, build, cache_dir=tmp_path)
+    assert build.calls == 2, "the rebuilt entry verifies"
+
+
 @pytest.mark.slow
 def test_omniglot_cache_keyed_by_image_size(data_root: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:

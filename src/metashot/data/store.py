@@ -177,22 +177,16 @@ def cached_store(
     if npy.is_file() and js.is_file():
         try:
             return _load_verified(npy, js)
-        except (ValueError, OSError, KeyError, TypeError, IndexError) as e:
+        except ENTRY_ERRORS as e:
             # a broken cache entry is rebuilt below, never trusted
             warnings.warn(f"store cache {npy} (with {js.name}) failed verification ({e}); rebuilding it",
                           stacklevel=2)
     images, counts, names = build()
     images = np.ascontiguousarray(images)
     offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
-    info = {"shape": list(images.shape), "dtype": images.dtype.str, "offsets": offsets.tolist(),
-            "class_names": list(names), "meta": meta or {}, "params": params}
+    info = {"offsets": offsets.tolist(), "class_names": list(names), "meta": meta or {}, "params": params}
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _stamp_path(npy).unlink(missing_ok=True)
-        _atomic_save_npy(npy, images)
-        info["npy_digest"] = _file_digest(npy)
-        info["digest"] = _info_digest(info)
-        _atomic_write_text(js, json.dumps(info))
+        write_entry(npy, js, images, info)
     except OSError as e:  # read-only or full disk: still usable, only not cached
         warnings.warn(f"cannot write the store cache {npy} ({e}); using it from memory. Set METASHOT_CACHE "
                       f"to a writable folder to decode it only once", stacklevel=2)
@@ -201,23 +195,48 @@ def cached_store(
     return ClassStore(torch.from_numpy(arr), offsets, list(names), dict(meta or {}, cache=str(npy)))
 
 
-def _load_verified(npy: Path, js: Path) -> ClassStore:
-    """The store of a cache entry, checked against its json; raises ValueError saying what is wrong."""
+# What reading a damaged cache entry can raise (np.load of a zero-byte file: EOFError): such an entry is
+# rebuilt, never a traceback.
+ENTRY_ERRORS = (ValueError, OSError, EOFError, KeyError, TypeError, IndexError)
+
+
+def write_entry(npy: Path, js: Path, array: np.ndarray, info: dict[str, Any]) -> None:
+    """Write ``array`` to ``npy`` and ``info`` to ``js`` (both atomically, readable by every user), with the
+    array's shape and dtype, the digest of the ``.npy`` file and the digest of the json's own content, which
+    :func:`read_entry` checks. Raises OSError (read-only or full disk)."""
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    _stamp_path(npy).unlink(missing_ok=True)
+    _atomic_save_npy(npy, array)
+    info = dict(info, shape=list(array.shape), dtype=array.dtype.str, npy_digest=_file_digest(npy))
+    info["digest"] = _info_digest(info)
+    _atomic_write_text(js, json.dumps(info))
+
+
+def read_entry(npy: Path, js: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The array (memory-mapped, copy-on-write) and json of an entry :func:`write_entry` wrote, checked:
+    json digest, shape, dtype and the ``.npy`` file's digest. Raises one of :data:`ENTRY_ERRORS` saying
+    what is wrong."""
     info = json.loads(js.read_text())
     if not isinstance(info, dict) or "digest" not in info or "npy_digest" not in info:
         raise ValueError("its json records no digest (written by an older metashot)")
     if info["digest"] != _info_digest(info):
         raise ValueError("the json's content does not match its recorded digest")
-    shape, offsets, names = info["shape"], np.asarray(info["offsets"], dtype=np.int64), info["class_names"]
-    if (offsets.ndim != 1 or len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != shape[0]
+    arr = _load_npy(npy)
+    if list(arr.shape) != info["shape"] or arr.dtype != np.dtype(info["dtype"]):
+        raise ValueError(f"the .npy holds {arr.dtype} {list(arr.shape)}, "
+                         f"the json records {info['dtype']} {info['shape']}")
+    _verify_npy(npy, info["npy_digest"])
+    return arr, info
+
+
+def _load_verified(npy: Path, js: Path) -> ClassStore:
+    """The store of a cache entry, checked against its json; raises ValueError saying what is wrong."""
+    arr, info = read_entry(npy, js)
+    offsets, names = np.asarray(info["offsets"], dtype=np.int64), info["class_names"]
+    if (offsets.ndim != 1 or len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != len(arr)
             or np.any(np.diff(offsets) < 0)):
         raise ValueError(f"inconsistent offsets ({len(offsets)} offsets, {offsets[:1]}..{offsets[-1:]}) for "
-                         f"{len(names)} classes and {shape[0]} rows")
-    arr = _load_npy(npy)
-    if list(arr.shape) != shape or arr.dtype != np.dtype(info["dtype"]):
-        raise ValueError(f"the .npy holds {arr.dtype} {list(arr.shape)}, "
-                         f"the json records {info['dtype']} {shape}")
-    _verify_npy(npy, info["npy_digest"])
+                         f"{len(names)} classes and {len(arr)} rows")
     return ClassStore(torch.from_numpy(arr), offsets, names, dict(info.get("meta", {}), cache=str(npy)))
 
 
