@@ -21,8 +21,6 @@ them from the same source, so a shipped model holds only what was fitted (a few 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot._env import PRECISIONS, cache_root, cpu_has_bf16, precision_override, quiet
+from metashot._env import PRECISIONS, cpu_has_bf16, precision_override
 from metashot.nn.backbones import register_backbone
+from metashot.nn.feature_cache import feature_store  # noqa: F401  (re-exported: its old home)
 from metashot.nn.feature_maps import power_transform  # noqa: F401  (re-exported)
 from metashot.nn.packaged import (  # noqa: F401  (re-exported: the public names of pretrained backbones)
     PACKAGED,
@@ -301,62 +300,6 @@ def timm_backbone(model: str | list[str] = "tf_efficientnet_lite0", pretrained: 
     """Any timm model (or a list of them, concatenated) as an embedding (see :class:`TimmBackbone`)."""
     return TimmBackbone(model, pretrained, trainable, centre, l2norm, channels_last, power, image_size,
                         precision)
-
-
-def feature_store(backbone: TimmBackbone, store: Any, device: str | torch.device = "cpu",
-                  batch_size: int = 64, progress: bool = True, cache_dir: Path | None = None) -> Any:
-    """The store with every image replaced by its frozen trunk features [M, D] (float32), cached on disk.
-
-    The cache is keyed by the trunk's weights digest and the store's identity (its cache file, or a hash of
-    its pixels), so other weights or other images never reuse it. Rows, offsets and class names are those of
-    ``store``, so episodes drawn with the same seed are the same tasks.
-    """
-    from tqdm.auto import tqdm
-
-    from metashot.data.store import ClassStore
-
-    if store.images.dim() != 4:
-        raise ValueError(f"feature_store: expected an image store [M, C, H, W], got "
-                         f"{tuple(store.images.shape)}")
-    # The store's identity: its class layout always (a subset or a rotation of a cached split shares the cache
-    # file but not its rows), plus the cache file's identity, or the pixels themselves for an in-memory store.
-    h = hashlib.sha256(json.dumps([store.offsets.tolist(), store.class_names]).encode())
-    src = store.meta.get("cache")
-    if src and Path(src).is_file():
-        st = Path(src).stat()
-        h.update(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    else:
-        h.update(np.ascontiguousarray(store.images.numpy()).tobytes())
-    key = hashlib.sha256(f"{backbone.trunk_signature}|{h.hexdigest()}".encode()).hexdigest()[:24]
-    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "features"
-    path = folder / f"{backbone.model_name}-{key}.npy"
-    meta = dict(store.meta, features_of=backbone.model_name, feature_cache=str(path))
-    if path.is_file():
-        arr = np.load(path)
-        if arr.shape == (len(store), backbone.feature_dim):
-            return ClassStore(torch.from_numpy(arr), store.offsets, list(store.class_names), meta)
-    from metashot.data.preprocess import to_float
-
-    was = backbone.training
-    backbone.eval()
-    out = np.empty((len(store), backbone.feature_dim), dtype=np.float32)
-    try:
-        with torch.inference_mode():
-            for i in tqdm(range(0, len(store), batch_size), desc=f"embed {store.meta.get('name', 'images')}",
-                          unit="batch", disable=not progress or quiet(), leave=False):
-                x = to_float(store.images[i : i + batch_size]).to(device)
-                out[i : i + len(x)] = backbone.features(x).float().cpu().numpy()
-    finally:
-        backbone.train(was)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, out)
-        tmp.replace(path)
-    except OSError:
-        pass  # an unwritable cache only costs the embedding next time
-    return ClassStore(torch.from_numpy(out), store.offsets, list(store.class_names), meta)
 
 
 def frozen_trunk(learner: nn.Module) -> TimmBackbone | None:
