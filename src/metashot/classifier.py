@@ -33,36 +33,47 @@ from PIL import Image
 from metashot.algorithms.base import MetaLearner, Predictor
 from metashot.checkpoint import CheckpointError, load_checkpoint
 from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, ImageSpec, preprocess_checked, to_float
+from metashot.estimator import EstimatorMixin, NotFittedError  # noqa: F401 (NotFittedError: re-exported)
 from metashot.predict_folder import predict_images_csv, query_images  # noqa: F401 (moved there)
 
 
-class NotFittedError(RuntimeError):
-    pass
-
-
-class FewShotClassifier:
+class FewShotClassifier(EstimatorMixin):
     """A trained meta-learner wrapped as a classifier of new classes from a few examples each.
+
+    scikit-learn's conventions (:mod:`metashot.estimator`): the constructor stores its parameters only,
+    ``get_params``/``set_params``/``clone`` work, fitted state is in attributes ending in ``_`` (``classes_``;
+    for metric learners also ``support_embeddings_`` [S, D], ``support_labels_`` [S], ``n_features_in_`` = D,
+    the embedding length), ``partial_fit`` adds photos, ``save`` writes the fitted classifier, and it pickles.
 
     Args:
         learner: a trained MetaLearner.
         image_spec: preprocessing of raw images (from the checkpoint); None for inputs that are tensors.
         device: where to run.
-        batch_size: images per forward pass in ``predict``.
+        batch_size: images per forward pass in ``fit`` and ``predict``.
+        meta: the checkpoint's config.json (algorithm, temperature, text encoder, weights digests...).
+        source: the bundled name or folder the model was loaded from (for repr and ``save``).
     """
 
     def __init__(self, learner: MetaLearner, image_spec: ImageSpec | None, device: str | torch.device = "cpu",
-                 batch_size: int = 256, meta: dict[str, Any] | None = None) -> None:
-        self.learner = learner.to(device).eval()
+                 batch_size: int = 256, meta: dict[str, Any] | None = None,
+                 source: str | None = None) -> None:
+        self.learner = learner
         self.image_spec = image_spec
-        self.device = torch.device(device)
+        self.device = device
         self.batch_size = batch_size
-        self.meta = meta or {}
-        self.classes_: np.ndarray | None = None
+        self.meta = {} if meta is None else meta
+        self.source = source
         self._predictor: Predictor | None = None
-        # Text checkpoints (metashot.text): inputs are sentences, encoded by this sentence encoder.
-        self.text_encoder: str | None = self.meta.get("text_encoder")
-        self.temperature = _temperature(self.meta.get("temperature", 1.0))
-        self.source: str | None = None  # the name or folder it was loaded from, for repr
+
+    @property
+    def text_encoder(self) -> str | None:
+        """Text checkpoints (metashot.text): the sentence encoder that turns inputs into vectors."""
+        return self.meta.get("text_encoder")
+
+    @property
+    def temperature(self) -> float:
+        """The checkpoint's calibration temperature (logits are divided by it)."""
+        return _temperature(self.meta.get("temperature", 1.0))
 
     def __repr__(self) -> str:
         m = self.meta
@@ -76,7 +87,7 @@ class FewShotClassifier:
             parts.append(f"input='{s.channels}x{s.size}x{s.size}{' inverted' if s.invert else ''}'")
         if self.temperature != 1.0:
             parts.append(f"temperature={self.temperature:g}")
-        if self.classes_ is None:
+        if "classes_" not in self.__dict__:
             parts.append("not fitted")
         else:
             shown = ", ".join(repr(c) for c in self.classes_[:5])
@@ -137,25 +148,23 @@ class FewShotClassifier:
             warnings.warn("; ".join(lines), UserWarning, stacklevel=_caller_level())
 
     def fit(self, images: Any, labels: Sequence[Hashable]) -> FewShotClassifier:
-        """Adapt to a new support set (replacing any previous one). Returns self."""
+        """Adapt to a new support set (replacing any previous one): PIL images, paths or uint8 arrays (text
+        checkpoints: sentences) and one hashable label each; at least 2 classes. Metric learners keep the
+        support set as embeddings (``support_embeddings_``), so ``save`` and ``partial_fit`` need no photo
+        again. Returns self."""
+        from metashot.fitted import class_order, fit_support
+
         labels = list(labels)
         if len(labels) != len(images):
             raise ValueError(f"fit: {len(images)} images but {len(labels)} labels")
-        try:
-            classes = sorted(set(labels))
-        except TypeError:  # unorderable mix of label types: keep first-appearance order
-            classes = list(dict.fromkeys(labels))
+        classes = class_order(labels)
         if len(classes) < 2:
             raise ValueError(f"fit: need at least 2 classes, got {len(classes)} ({classes})")
         index = {c: i for i, c in enumerate(classes)}
         y = torch.tensor([index[label] for label in labels], device=self.device)
+        self.learner.to(self.device).eval()
         x = self._to_tensor(images, "fit images")
-        with self.learner.adapt_mode():
-            predictor = self.learner.adapt(x, y)
-        self._predictor = predictor
-        arr = np.empty(len(classes), dtype=object)
-        arr[:] = classes
-        self.classes_ = arr
+        fit_support(self, x, y, classes, images)
         return self
 
     def fit_folder(self, support: str | Path) -> FewShotClassifier:
@@ -245,9 +254,30 @@ def _temperature(value: Any, where: str = "checkpoint") -> float:
     return float(value)
 
 
-def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
-    """Load a checkpoint (a folder, a run folder, or a bundled name such as ``protonet-omniglot``)."""
+def load(name_or_path: str | Path, device: str | torch.device = "cpu", *, pretrained: bool | str = True,
+         model: str | None = None) -> FewShotClassifier:
+    """Load a model: a checkpoint (a folder, a run folder, or a bundled name such as ``photos``); a saved
+    fitted classifier (a folder written by ``clf.save`` or ``metashot fit``; returned fitted, its model
+    rebuilt by name, or by ``model``, and checked against the recorded digest); or ``timm/<name>``, any timm
+    model as a SimpleShot classifier (``pretrained``: True for the packaged or hub weights, a local weights
+    file, or False; offline, a model that needs the hub fails at once)."""
+    from metashot.fitted import is_fitted_folder, load_fitted
+
+    if is_fitted_folder(name_or_path):
+        return load_fitted(name_or_path, device, model)
+    source = str(name_or_path)
+    if source.startswith("timm/") and not Path(source).exists():
+        from metashot.timm_load import load_timm
+
+        learner, meta = load_timm(source[len("timm/"):], pretrained, device)
+        return FewShotClassifier(learner, ImageSpec.from_dict(meta["image_spec"]), device, meta=meta,
+                                 source=source)
     learner, meta = load_checkpoint(name_or_path, device)
+    if Path(source).exists() and not source.startswith("/"):
+        from metashot.checkpoint import bundled_path, resolve
+
+        if resolve(source) != bundled_path(source):  # a folder here, not a bundled name: keep where it is
+            source = os.path.abspath(source)
     try:
         _temperature(meta.get("temperature", 1.0), f"checkpoint {name_or_path}")
     except ValueError as e:
@@ -257,6 +287,4 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> FewSho
 
     if text_encoder_of(meta):
         meta = dict(meta, text_encoder=text_encoder_of(meta))
-    clf = FewShotClassifier(learner, spec, device, meta=meta)
-    clf.source = str(name_or_path)
-    return clf
+    return FewShotClassifier(learner, spec, device, meta=meta, source=source)

@@ -1,0 +1,321 @@
+"""Fitted classifiers that last: the support set kept as embeddings, saved as safetensors + JSON.
+
+A saved classifier is a folder::
+
+    my-classifier/
+      classifier.json        the model (name, algorithm, digest), classes, per-class counts, preprocessing,
+                             fit date, the SHA-256 of support.safetensors; written last
+      support.safetensors    embeddings [S, D] float32 and labels [S] int64 (indices into classes)
+      photos/                the support photos, only when saved with copy_photos=True
+
+``metashot.load(folder)`` rebuilds the model by its name, refuses it when its digest differs from the one
+recorded (other weights or preprocessing give other embeddings), and rebuilds the predictor from the
+embeddings with ``learner.adapt_embedded``: no photo is read or embedded again. Never pickle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from metashot.checkpoint import CheckpointError
+from metashot.data.download import file_digest
+
+FORMAT = "metashot-fitted-1"
+DESCRIPTION = "classifier.json"
+SUPPORT = "support.safetensors"
+PHOTOS = "photos"
+
+
+def is_fitted_folder(path: str | Path) -> bool:
+    """True when ``path`` is a folder written by :func:`save_fitted`."""
+    return (Path(path) / DESCRIPTION).is_file()
+
+
+def _algorithm(clf: Any) -> str:
+    return str(getattr(clf.learner, "algorithm_name", type(clf.learner).__name__))
+
+
+def require_embedded(clf: Any, what: str) -> None:
+    """One-line error unless the learner keeps its support set as embeddings (embed + adapt_embedded)."""
+    learner = clf.learner
+    if not (callable(getattr(learner, "embed", None)) and callable(getattr(learner, "adapt_embedded", None))):
+        raise ValueError(f"{what}: algorithm {_algorithm(clf)!r} cannot keep its support set as embeddings "
+                         f"(it has no embed/adapt_embedded), so it cannot be saved or extended; fit it again "
+                         f"on all the photos, or use a metric model such as 'photos' or 'protonet-omniglot'")
+
+
+def class_order(labels: Sequence[Hashable]) -> list[Hashable]:
+    """The classes of ``labels``: sorted when they can be, else in order of first appearance."""
+    try:
+        return sorted(set(labels))  # type: ignore[type-var]
+    except TypeError:  # an unorderable mix of label types
+        return list(dict.fromkeys(labels))
+
+
+def embed(clf: Any, x: torch.Tensor) -> torch.Tensor:
+    """``learner.embed`` of the preprocessed inputs ``x`` in batches of ``clf.batch_size``: [n, D] float32."""
+    learner = clf.learner
+    if not callable(getattr(learner, "embed", None)):
+        raise ValueError(f"algorithm {_algorithm(clf)!r} has no embed(): it gives no embeddings")
+    out = []
+    with learner.adapt_mode():
+        for i in range(0, len(x), clf.batch_size):
+            out.append(learner.embed(x[i : i + clf.batch_size]).detach().float())
+        z = torch.cat(out)
+    return z.clone()  # a normal tensor (not an inference-mode one), usable anywhere
+
+
+def rebuild_predictor(clf: Any) -> None:
+    """``clf._predictor`` from ``support_embeddings_`` / ``support_labels_`` (None while < 2 classes)."""
+    if len(clf.classes_) < 2:
+        clf._predictor = None
+        return
+    dev = torch.device(clf.device)
+    with clf.learner.adapt_mode():
+        clf._predictor = clf.learner.adapt_embedded(clf.support_embeddings_.to(dev),
+                                                    clf.support_labels_.to(dev))
+
+
+def set_support(clf: Any, z: torch.Tensor, y: torch.Tensor, classes: Sequence[Hashable],
+                items: list[Any] | None, fitted_at: str | None = None) -> None:
+    """Make ``clf`` fitted on embeddings ``z`` [S, D] with labels ``y`` [S] (indices into ``classes``)."""
+    arr = np.empty(len(classes), dtype=object)
+    arr[:] = list(classes)
+    dev = torch.device(clf.device)
+    clf.support_embeddings_ = z.to(dev)
+    clf.support_labels_ = y.to(dev, torch.int64)
+    clf.classes_ = arr
+    clf.n_features_in_ = int(z.shape[1])
+    clf._support_items = items
+    clf._fitted_at = fitted_at or _now()
+    rebuild_predictor(clf)
+
+
+def fit_support(clf: Any, x: torch.Tensor, y: torch.Tensor, classes: list[Hashable], items: Any) -> None:
+    """``fit``'s adaptation: through embeddings when the learner keeps them, else ``learner.adapt``."""
+    learner = clf.learner
+    if callable(getattr(learner, "embed", None)) and callable(getattr(learner, "adapt_embedded", None)):
+        kept = list(items) if isinstance(items, (list, tuple)) and len(items) == len(y) else None
+        set_support(clf, embed(clf, x), y, classes, kept)
+        return
+    for name in ("support_embeddings_", "support_labels_", "n_features_in_"):
+        clf.__dict__.pop(name, None)
+    with learner.adapt_mode():
+        clf._predictor = learner.adapt(x, y)
+    arr = np.empty(len(classes), dtype=object)
+    arr[:] = classes
+    clf.classes_ = arr
+    clf._support_items, clf._fitted_at = None, _now()
+
+
+def add_support(clf: Any, images: Any, labels: Sequence[Hashable]) -> None:
+    """``partial_fit``: embed only the new photos, append them, rebuild the predictor."""
+    require_embedded(clf, "partial_fit")
+    labels = list(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"partial_fit: {len(images)} images but {len(labels)} labels")
+    fitted = "support_embeddings_" in clf.__dict__
+    old_classes = list(clf.classes_) if fitted else []
+    classes = class_order(old_classes + labels)
+    index = {c: i for i, c in enumerate(classes)}
+    clf.learner.to(clf.device).eval()
+    z_new = embed(clf, clf._to_tensor(images, "partial_fit images"))
+    y_new = torch.tensor([index[c] for c in labels], dtype=torch.int64)
+    if fitted:
+        remap = torch.tensor([index[c] for c in old_classes], dtype=torch.int64)
+        z = torch.cat([clf.support_embeddings_.cpu(), z_new.cpu()])
+        y = torch.cat([remap[clf.support_labels_.cpu()], y_new])
+        old_items = clf.__dict__.get("_support_items")
+    else:
+        z, y, old_items = z_new.cpu(), y_new, []
+    new_items = list(images) if isinstance(images, (list, tuple)) else None
+    items = old_items + new_items if old_items is not None and new_items is not None else None
+    set_support(clf, z, y, classes, items)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def model_digest(clf: Any) -> str:
+    """SHA-256 of what decides the embeddings and the head: the algorithm and its arguments, the weights'
+    recorded digests (the checkpoint's file and any pretrained trunk), the preprocessing, the text encoder."""
+    meta = clf.meta or {}
+    spec = clf.image_spec.to_dict() if clf.image_spec is not None else None
+    args = clf.learner.config_dict() if hasattr(clf.learner, "config_dict") else {}
+    ident = {"algorithm": _algorithm(clf), "learner_args": args, "weights_sha256": meta.get("weights_sha256"),
+             "external_weights": meta.get("external_weights"), "image_spec": spec,
+             "text_encoder": meta.get("text_encoder")}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _json_label(c: Any) -> Any:
+    """A class label as JSON keeps it (str, int, float, bool; numpy scalars as their Python value)."""
+    if isinstance(c, np.generic):
+        c = c.item()
+    if isinstance(c, (str, bool, int, float)):
+        return c
+    raise ValueError(f"save: class label {c!r} ({type(c).__name__}) cannot be written to JSON; use str or "
+                     f"int labels")
+
+
+def save_fitted(clf: Any, path: str | Path, copy_photos: bool = False) -> Path:
+    """Write ``clf``'s support embeddings and description into folder ``path`` (see the module docstring)."""
+    require_embedded(clf, "save")
+    z, y = clf.support_embeddings_, clf.support_labels_  # NotFittedError before fit
+    if not clf.source:
+        raise ValueError("save: this classifier's model has no name or folder (make it with metashot.load, "
+                         "or set source= to the checkpoint it was built from)")
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_fitted_folder(path))):
+        raise FileExistsError(f"save: {path} exists and is not a saved classifier; give a new folder")
+    classes = [_json_label(c) for c in clf.classes_]
+    counts = torch.bincount(y.cpu(), minlength=len(classes)).tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        save_file({"embeddings": z.detach().cpu().float().contiguous(),
+                   "labels": y.detach().cpu().to(torch.int64).contiguous()}, str(tmp / SUPPORT))
+        photos = _copy_photos(clf, tmp, classes) if copy_photos else None
+        meta = clf.meta or {}
+        desc = {
+            "format": FORMAT, "metashot_version": _version(),
+            "model": {"name": clf.source, "algorithm": _algorithm(clf), "digest": model_digest(clf),
+                      "card": meta.get("card"), **({"load_args": meta["load_args"]} if "load_args" in meta
+                                                    else {})},
+            "classes": classes, "class_counts": counts,
+            "support": {"file": SUPPORT, "sha256": file_digest(tmp / SUPPORT, "sha256"),
+                        "embeddings": list(z.shape), "dtype": "float32"},
+            "image_spec": clf.image_spec.to_dict() if clf.image_spec is not None else None,
+            "text_encoder": meta.get("text_encoder"),
+            "fitted_at": clf.__dict__.get("_fitted_at") or _now(), "saved_at": _now(), "photos": photos,
+        }
+        (tmp / DESCRIPTION).write_text(json.dumps(desc, indent=2))
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _copy_photos(clf: Any, folder: Path, classes: list[Any]) -> list[str]:
+    """Copy (or, for in-memory images, write as PNG) each support photo to photos/<class>/; their paths."""
+    from metashot.data.preprocess import to_pil
+
+    items = clf.__dict__.get("_support_items")
+    if items is None:
+        raise ValueError("save(copy_photos=True): the support photos are not known (the classifier was "
+                         "loaded without photos, or fitted on tensors); save without copy_photos")
+    out: list[str] = []
+    labels = clf.support_labels_.cpu().tolist()
+    for i, (item, k) in enumerate(zip(items, labels, strict=True)):
+        sub = folder / PHOTOS / f"{k:03d}_{_slug(str(classes[k]))}"
+        sub.mkdir(parents=True, exist_ok=True)
+        if isinstance(item, (str, Path)) and Path(item).is_file():
+            dest = sub / f"{i:05d}_{Path(item).name}"
+            shutil.copyfile(item, dest)
+        else:
+            dest = sub / f"{i:05d}.png"
+            to_pil(item, f"support photo {i}").save(dest)
+        out.append(dest.relative_to(folder).as_posix())
+    return out
+
+
+def _slug(text: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:40].strip("._")
+    return keep or "class"
+
+
+def _version() -> str:
+    from metashot import __version__
+
+    return __version__
+
+
+def read_description(path: str | Path) -> dict[str, Any]:
+    """The checked ``classifier.json`` of a saved classifier."""
+    path = Path(path)
+    f = path / DESCRIPTION
+    try:
+        desc = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a saved classifier (no {DESCRIPTION}); save one with "
+                              f"clf.save(folder) or metashot fit") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"saved classifier {path}: {DESCRIPTION} is unreadable ({e})") from e
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
+        raise CheckpointError(f"saved classifier {path}: format {got!r} is not {FORMAT!r}")
+    for key in ("model", "classes", "support"):
+        if key not in desc:
+            raise CheckpointError(f"saved classifier {path}: {DESCRIPTION} lacks {key!r}; save it again")
+    return desc
+
+
+def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> Any:
+    """Rebuild a saved classifier: its model by name (or ``model``), checked against the recorded digest."""
+    from metashot.classifier import load
+
+    path = Path(path)
+    desc = read_description(path)
+    rec = desc["model"]
+    name = model or rec.get("name")
+    base = load(name, device, **(rec.get("load_args") or {}))
+    digest = model_digest(base)
+    if digest != rec.get("digest"):
+        raise CheckpointError(f"saved classifier {path} was fitted on model {rec.get('name')!r} with "
+                              f"digest {str(rec.get('digest'))[:12]}..., but {name!r} here has digest "
+                              f"{digest[:12]}... (other weights or preprocessing): use the model it was made "
+                              f"with, or fit again")
+    sup = desc["support"]
+    f = path / str(sup.get("file", SUPPORT))
+    if not f.is_file() or file_digest(f, "sha256") != sup.get("sha256"):
+        raise CheckpointError(f"saved classifier {path}: {f.name} is missing or does not match the SHA-256 "
+                              f"in {DESCRIPTION} (modified or truncated); save it again")
+    try:
+        t = load_file(str(f))
+        z, y = t["embeddings"].float(), t["labels"].to(torch.int64)
+    except (SafetensorError, OSError, KeyError) as e:
+        raise CheckpointError(f"saved classifier {path}: {f.name} cannot be read ({e})") from e
+    classes = list(desc["classes"])
+    if z.dim() != 2 or len(y) != len(z) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
+        raise CheckpointError(f"saved classifier {path}: {f.name} does not match its {len(classes)} classes")
+    require_embedded(base, f"load {path}")
+    photos = desc.get("photos")
+    items = [path / p for p in photos] if isinstance(photos, list) and len(photos) == len(y) else None
+    base.learner.to(base.device).eval()
+    set_support(base, z, y, classes, items, desc.get("fitted_at"))
+    base._saved_path = str(path)
+    return base
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What ``metashot info`` prints: the description of a saved classifier, without loading its model."""
+    desc = read_description(path)
+    counts = desc.get("class_counts") or []
+    classes = desc["classes"]
+    model = desc["model"]
+    return {"path": str(path), "model": model.get("name"), "algorithm": model.get("algorithm"),
+            "model_digest": model.get("digest"), "classes": len(classes),
+            "photos": int(sum(counts)), "per_class": dict(zip(map(str, classes), counts, strict=False)),
+            "embedding_dim": (desc["support"].get("embeddings") or [0, 0])[-1],
+            "fitted_at": desc.get("fitted_at"), "saved_at": desc.get("saved_at"),
+            "photos_copied": desc.get("photos") is not None, "metashot_version": desc.get("metashot_version")}
