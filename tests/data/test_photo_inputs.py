@@ -7,6 +7,7 @@ The photo pipeline is a pretrained model's (bicubic, shorter side to size / crop
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -375,3 +376,38 @@ def test_bad_spec_values(kwargs: dict, message: str) -> None:
 def test_unknown_spec_key_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         ImageSpec.from_dict({"size": 28, "channels": 1, "invert": True, "resize_filter": "box", "crop": 0.9})
+
+
+@pytest.mark.parametrize("wh", [(1, 20000), (60000, 1)], ids=["1x20000", "60000x1"])
+def test_an_extreme_aspect_ratio_is_resized_within_bounded_memory(wh: tuple[int, int], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 161-byte 1x20000 PNG became 256 x 5.1M pixels (3.6 GB) before its centre crop (issue 27 item 7):
+    no image PIL is asked to make may exceed 2**25 pixels, and the crop still shows the strip's centre."""
+    resize = Image.Image.resize
+
+    def bounded(self: Image.Image, size: tuple[int, int], *args, **kwargs) -> Image.Image:
+        if size[0] * size[1] > 1 << 25:
+            raise MemoryError(f"asked PIL for a {size[0]}x{size[1]} image")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded)
+    a = np.full(wh[::-1], 40, np.uint8)
+    a.reshape(-1)[a.size // 2 - 5 : a.size // 2 + 5] = 250  # the crop magnifies < 1 pixel of the strip
+    path = tmp_path / "strip.png"
+    Image.fromarray(a).save(path)
+    spec = ImageSpec(size=224, channels=3, resize_filter="bicubic", crop_pct=0.875)
+    got = _ok(preprocess(path, spec), spec)
+    assert got.min() > 200, "the crop shows the strip's centre"
+
+
+def test_above_the_resize_bound_the_crop_stays_close_to_the_full_resize(monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    pre = importlib.import_module("metashot.data.preprocess")
+
+    y = np.linspace(0, 1, 3000)[:, None]
+    a = (255 * (0.5 + 0.5 * np.sin(12 * y)) * np.ones((1, 20))).astype(np.uint8)
+    im = Image.fromarray(np.stack([a, a[::-1], a], -1))
+    full = preprocess(im, PHOTO).astype(int)
+    monkeypatch.setattr(pre, "FULL_RESIZE_PIXELS", 1000)
+    boxed = preprocess(im, PHOTO).astype(int)
+    assert np.abs(full - boxed).max() <= 2

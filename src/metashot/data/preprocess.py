@@ -163,6 +163,8 @@ def _exif_upright(im: Image.Image, path: Path) -> Image.Image:
 # pixels are. Pen strokes in blue ink on white paper stay far below that fraction.
 _CHROMA = 48
 _COLOUR_FRACTION = 0.2
+# The largest image (in pixels) that _resize_centre_crop makes before cutting its centre: about 50 MB in RGB.
+FULL_RESIZE_PIXELS = 1 << 24
 LIGHT_ON_DARK = "light ink on a dark background"
 COLOUR = "colour photo"
 
@@ -288,6 +290,9 @@ def _resize_centre_crop(im: Image.Image, size: int, crop_pct: float,
 
     Pixel for pixel what timm's evaluation transform does (``Resize(floor(size / crop_pct))`` then
     ``CenterCrop(size)`` of torchvision): the longer side is truncated, the crop offset rounded half to even.
+    Beyond :data:`FULL_RESIZE_PIXELS` resized pixels (an extreme aspect ratio: a 1x20000 strip would become
+    256 x 5.1M pixels, 3.6 GB) only the source region under the crop is resized (PIL's ``box``, the same
+    filter), so memory stays bounded by the crop; its pixels may then differ slightly from the full resize.
     """
     short = math.floor(size / crop_pct)
     w, h = im.size
@@ -295,9 +300,13 @@ def _resize_centre_crop(im: Image.Image, size: int, crop_pct: float,
         new_w, new_h = short, int(short * h / w)
     else:
         new_w, new_h = int(short * w / h), short
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    if new_w * new_h > FULL_RESIZE_PIXELS:
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return im.resize((size, size), resample, box=box)
     if (new_w, new_h) != im.size:
         im = im.resize((new_w, new_h), resample)
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     return im.crop((left, top, left + size, top + size))
 
 
