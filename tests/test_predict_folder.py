@@ -220,3 +220,36 @@ def test_classify_is_used_when_the_classifier_has_it() -> None:
     fake = Fake()
     labels, proba = pf.classify_chunk(fake, torch.zeros(2, 1, 4, 4), False, True)  # type: ignore[arg-type]
     assert fake.got == ((2, 1, 4, 4), False, True) and list(labels) == ["unknown", "y"]
+
+
+@pytest.mark.slow
+def test_photos_in_chunks_match_one_call(tmp_path, data_root, spy):
+    """The bundled `photos` model: chunks of 4 give the labels and confidences of one predict_proba call."""
+    import io
+    import zipfile
+
+    zpath = data_root / "flowers102" / "flowers102_odd.zip"
+    if not zpath.is_file():
+        pytest.fail(f"test data missing: {zpath}", pytrace=False)
+    z = zipfile.ZipFile(zpath)
+    names = sorted(n for n in z.namelist() if n.endswith(".jpg") and int(n.split("/")[1][:3]) % 4 == 3)
+    sup, qry = tmp_path / "support", tmp_path / "query"
+    qry.mkdir()
+    for c in sorted({n.split("/")[1] for n in names})[:3]:
+        mine = [n for n in names if n.split("/")[1] == c]
+        (sup / c).mkdir(parents=True)
+        for i, n in enumerate(mine[:8]):
+            im = Image.open(io.BytesIO(z.read(n))).convert("RGB")
+            im.save((sup / c if i < 3 else qry) / f"{c}_{i}.jpg", quality=92)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "photos", "--support", str(sup), "--query", str(qry), "--output", str(out),
+                 "--batch-size", "4", "--quiet"]) == 0
+    assert spy == [4, 4, 4, 3]
+    rows = _rows(out)
+    clf = metashot.load("photos").fit_folder(sup)
+    files = sorted(qry.iterdir())
+    proba = clf.predict_proba(files)
+    assert [Path(r["file"]).name for r in rows] == [f.name for f in files]
+    assert [r["label"] for r in rows] == list(clf.classes_[proba.argmax(1)])
+    assert np.allclose([float(r["confidence"]) for r in rows], proba.max(1), atol=2e-3)
+    assert sum(r["label"] == Path(r["file"]).name.rsplit("_", 1)[0] for r in rows) >= 12
