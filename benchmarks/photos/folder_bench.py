@@ -140,6 +140,7 @@ def main() -> None:
     ap.add_argument("--workdir", help="folder for the photos and CSVs (default: a temporary one, removed)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    load0 = os.getloadavg()[0]
     size = None if a.size == "asis" else tuple(int(v) for v in a.size.split("x"))
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="metashot-folder-bench-"))
     res: dict[str, object] = {"benchmark": "predict_folder", "model": a.model, "n": a.n, "ways": a.ways,
@@ -202,6 +203,7 @@ def main() -> None:
     finally:
         if not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    res["loadavg_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # other work on the CPUs
     print(json.dumps(res))
 
 
