@@ -10,12 +10,17 @@ that file through timm's own pretrained path.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -118,7 +123,9 @@ def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
     """``model_name``'s packaged weights converted once to timm keys, as a safetensors file in the cache.
 
     The package's file is a legacy torch pickle; it is read only with ``torch.load(weights_only=True)``.
-    The cache file is named by the source file's SHA-256, so a changed package is converted again.
+    The cache file is named by the source file's SHA-256, so a changed package is converted again; the
+    converted file is checked against the SHA-256 recorded when it was written (:func:`verified_cache_file`)
+    and converted again, with one warning, when it does not match.
     """
     from safetensors.torch import save_file
 
@@ -127,18 +134,74 @@ def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
     src = packaged_source(model_name)
     digest = file_digest(src, "sha256")
     folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "pretrained"
-    out = folder / f"{model_name}-{digest[:16]}.safetensors"
-    if out.is_file():
-        return out
-    timm = require_timm()
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    model = timm.create_model(model_name, pretrained=False)
-    mapped = efficientnet_pytorch_to_timm(state, model)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{np.random.default_rng().integers(1 << 30)}.tmp")
-    try:
+
+    def convert(tmp: Path) -> None:
+        timm = require_timm()
+        state = torch.load(src, map_location="cpu", weights_only=True)
+        model = timm.create_model(model_name, pretrained=False)
+        mapped = efficientnet_pytorch_to_timm(state, model)
         save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata={"source": src.name})
-        tmp.replace(out)
+
+    return verified_cache_file(folder / f"{model_name}-{digest[:16]}.safetensors", convert,
+                               f"converted weights of {model_name}")
+
+
+def record_path(out: Path) -> Path:
+    """The file beside cache file ``out`` that records its SHA-256."""
+    return out.with_name(out.name + ".sha256")
+
+
+def verified_cache_file(out: Path, build: Callable[[Path], None], what: str) -> Path:
+    """``out``, built by ``build(path)`` unless it exists and matches the SHA-256 recorded beside it.
+
+    A file that fails the check (a flipped bit, truncated, empty, no or a bad record, a folder in its place)
+    is rebuilt with one warning naming it. Files are written atomically and readable by every user. When
+    ``out``'s folder cannot be written (read-only, full), the file is built in a temporary folder instead,
+    removed at exit, with one warning.
+    """
+    from metashot.data.download import file_digest
+
+    record = record_path(out)
+    if out.exists() or record.exists():
+        try:
+            if not out.is_file():
+                raise ValueError("it is not a regular file")
+            recorded = record.read_text().strip()
+            actual = file_digest(out, "sha256")
+            if actual != recorded:
+                raise ValueError(f"its SHA-256 {actual[:16]}... is not the recorded {recorded[:16]}...")
+            return out
+        except (OSError, ValueError) as e:
+            warnings.warn(f"{what} cache {out} failed verification ({e}); rebuilding it", UserWarning,
+                          stacklevel=2)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        _build_into(out, build)
+        _write_atomic(record, file_digest(out, "sha256") + "\n")
+        return out
+    except OSError as e:
+        warnings.warn(f"cannot write the {what} cache {out} ({e}); built it in a temporary folder for this "
+                      f"run. Set METASHOT_CACHE to a writable folder to build it only once", UserWarning,
+                      stacklevel=2)
+    tmp_dir = Path(tempfile.mkdtemp(prefix="metashot-"))
+    atexit.register(shutil.rmtree, tmp_dir, True)
+    _build_into(tmp_dir / out.name, build)
+    return tmp_dir / out.name
+
+
+def _build_into(out: Path, build: Callable[[Path], None]) -> None:
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp and safetensors write 0600: a cache may be shared between users
+        os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    _build_into(path, lambda tmp: tmp.write_text(text))
