@@ -77,6 +77,11 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
 
         return predictor
 
+    def adapt_embedded(self, zs: torch.Tensor, ys: torch.Tensor) -> Predictor:
+        """A predictor from support embeddings zs [S, D] (from :meth:`embed`) and labels ys [S] (0..N-1): what
+        a saved or extended classifier (metashot.fitted) uses, so old photos are never embedded again."""
+        return EmbeddedPredictor(self, class_means(zs, ys, int(ys.max()) + 1))
+
     def batched_logits(self, batch: Batch) -> torch.Tensor:
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
@@ -91,3 +96,13 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
 
     def config_dict(self) -> dict[str, Any]:
         return {"distance": self.distance, "temperature": self.temperature}
+
+
+class EmbeddedPredictor:
+    """``predictor(query_x) -> scores [M, N]`` against fixed prototypes [N, D]; a plain (picklable) object."""
+
+    def __init__(self, learner: ProtoNet, protos: torch.Tensor) -> None:
+        self.learner, self.protos = learner, protos
+
+    def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
+        return self.learner._scores(self.learner.embed(query_x), self.protos)
