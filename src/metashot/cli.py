@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from metashot import __version__
+from metashot.os_errors import os_error_line
 
 SET_HELP = "override a config value, e.g. --set train.seed=1 (repeatable; the value is read as YAML)"
 QUIET_HELP = ("no progress bars, including the one-off bars that decode a dataset into its cache and the "
@@ -363,7 +364,7 @@ def _message(e: Exception) -> str:
 
     if isinstance(e, OverrideError) and e.name in SETTING_FLAGS:
         return f"{SETTING_FLAGS[e.name]} {e.reason}"
-    return str(e)
+    return os_error_line(e) if isinstance(e, OSError) else str(e)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> Any:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError, ImportError) as e:
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError, ImportError) as e:
         if a.__dict__.get("debug"):
             raise
         print(f"metashot {a.command}: error: {_message(e)}", file=sys.stderr)

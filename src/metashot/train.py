@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metashot.algorithms.base import MetaLearner
-from metashot.checkpoint import build_learner, read_meta, save_checkpoint
+from metashot.checkpoint import build_learner, save_checkpoint
 from metashot.config import Config
 from metashot.data.device import pinned
 from metashot.data.episodes import EpisodeBatch
@@ -41,6 +41,7 @@ from metashot.optim import (
 )
 from metashot.runs import BEST, FINAL, LAST, RunDir
 from metashot.train_state import load_trainer_state, trainer_state
+from metashot.train_stop import diverged, os_failure
 
 
 class Trainer:
@@ -213,6 +214,8 @@ class Trainer:
                 self.run.open_tensorboard(purge_step=self.step or None)
             try:
                 return self._fit()
+            except OSError as e:  # a full disk, a folder made read-only: say so in the run folder if we can
+                raise os_failure(self, e) from None
             finally:
                 self.run.close_tensorboard()
 
@@ -230,7 +233,7 @@ class Trainer:
                         metrics = self.train_step()
                     except NonFiniteLossError as e:
                         self.elapsed = time.perf_counter() - t0
-                        raise self._diverged(e) from None
+                        raise diverged(self, e) from None
                     self.window.append(metrics)
                     bar.update(1)
                     self.elapsed = time.perf_counter() - t0
@@ -276,20 +279,6 @@ class Trainer:
         bar.set_postfix_str(", ".join(shown))
         self.window = []
         return now, self.step
-
-    def _diverged(self, e: NonFiniteLossError) -> NonFiniteLossError:
-        """Log and summarise a non-finite step; the error to raise names the last good checkpoint."""
-        self._log({"step": self.step + 1, "event": "non_finite", "message": str(e)})
-        good = self.run.checkpoint(LAST)
-        where = (f"the last good checkpoint is {good} (step {read_meta(good).get('step')})"
-                 if (good / "config.json").is_file()
-                 else "no checkpoint was written before (set train.checkpoint_every to keep one)")
-        if self.dist.is_main:
-            self.run.write_summary({"diverged_at_step": self.step + 1, "steps": self.step,
-                                    "out_dir": str(self.out_dir), "error": str(e)})
-        return NonFiniteLossError(f"{e}. Training stopped; {where}. To continue from it with a lower rate or "
-                                  f"gradient clipping: metashot train --resume {self.out_dir} --set "
-                                  f"train.lr=... (or --set train.grad_clip=...)")
 
     def _validate_maybe(self, result: dict[str, Any], t0: float, bar: Any = None) -> bool:
         """Validate if due (rank 0), keep best/, decide early stopping; True = stop (all ranks agree)."""
