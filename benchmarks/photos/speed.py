@@ -9,6 +9,11 @@ Also reported: embedding throughput on preprocessed tensors (images/s, batch 64)
 time, and the process's peak resident memory. Prints one JSON object.
 
     python benchmarks/photos/speed.py                 # the bundled `photos` model, torch's default threads
+    python benchmarks/photos/speed.py --models tf_efficientnet_lite0+tf_efficientnet_lite1 --image-size 224 \
+        --head soft_kmeans:steps=5 --out results/photos/speed_candidates.jsonl   # a candidate of the choice
+
+``--precision`` (auto, fp32, bf16) sets the backbone's compute precision; ``auto`` is bf16 where the CPU
+computes it natively (metashot._env.cpu_has_bf16).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
@@ -59,14 +65,29 @@ def main() -> None:
     ap.add_argument("--model", default="photos")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", help="a candidate instead of --model: timm model(s) joined by '+'")
+    ap.add_argument("--image-size", type=int, default=160, help="the candidate's input size")
+    ap.add_argument("--head", default="ncm", help="the candidate's head, name or name:key=value,...")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--out", help="append the JSON line to this file")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    clf = metashot.load(a.model)
+    if a.models:
+        clf = candidate(a.models, a.image_size, a.head, a.precision)
+    else:
+        clf = metashot.load(a.model)
+        if a.precision != "auto":
+            clf.learner.backbone.precision = a.precision
     load_s = time.perf_counter() - t0
-    out = {"model": a.model, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "load_s": round(load_s, 3), "torch": torch.__version__}
+    bb = clf.learner.backbone
+    out = {"model": a.models or a.model, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "load_s": round(load_s, 3), "torch": torch.__version__,
+           "precision": str(bb.compute_dtype()).replace("torch.", "")}
+    if a.models:
+        out.update(models=a.models, head=a.head)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for tag, size in (("jpeg128", None), ("phone12mp", (3024, 4032))):
             folder = Path(tmp) / tag
@@ -84,7 +105,6 @@ def main() -> None:
             out[f"fit25_predict75_s_{tag}"] = round(statistics.median(times), 3)
             out[f"fit25_predict75_s_{tag}_all"] = [round(t, 3) for t in times]
             out[f"accuracy_{tag}"] = round(acc, 4)
-    bb = clf.learner.backbone
     spec = clf.image_spec
     x = to_float(torch.randint(0, 256, (64, spec.channels, spec.size, spec.size), dtype=torch.uint8))
     with torch.inference_mode():
@@ -96,8 +116,29 @@ def main() -> None:
             n += len(x)
         out["embed_images_per_s"] = round(n / (time.perf_counter() - t), 1)
     out["input_size"] = spec.size
+    out["fit_predict_s"] = out["fit25_predict75_s_jpeg128"]
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["loadavg_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(out))
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(json.dumps(out) + "\n")
+
+
+def candidate(models: str, size: int, head: str, precision: str) -> metashot.FewShotClassifier:
+    """A photo-model candidate of the choice: frozen EfficientNet-Lite(s) at ``size``, power 0.5, support
+    centring, temperature 10, ``head``, built as metashot.load builds `photos`."""
+    from metashot.algorithms.simpleshot import SimpleShot
+    from metashot.nn.pretrained import TimmBackbone
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from heads_eval import parse_head
+
+    names = models.split("+")
+    bb = TimmBackbone(names if len(names) > 1 else names[0], power=0.5, image_size=size, precision=precision)
+    name, args = parse_head(head)
+    learner = SimpleShot(bb, centre="support", temperature=10.0, head=name, head_args=args).eval()
+    return metashot.FewShotClassifier(learner, bb.image_spec)
 
 
 if __name__ == "__main__":

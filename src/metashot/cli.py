@@ -32,6 +32,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _dirichlet(text: str) -> float:
+    """``dirichlet:ALPHA`` -> ALPHA (a positive number)."""
+    kind, _, value = text.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if kind != "dirichlet" or not alpha > 0 or alpha == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:2), got "
+                                         f"{text!r}")
+    return alpha
+
+
 def _check_device(device: Any, where: str) -> None:
     """A one-line error for a device this machine does not have (torch raises an AssertionError for CUDA on
     a CPU-only build, mid-run)."""
@@ -90,9 +103,12 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         settings["vectorized"] = a.path == "vectorized"
     if a.inner_steps is not None:
         settings["inner_steps_test"] = a.inner_steps
+    if a.inductive:
+        settings["transductive"] = False
     res = evaluate_checkpoint(a.checkpoint, dataset=a.dataset, split=a.split, root=a.root, ways=a.ways,
                               shots=a.shots, queries=a.queries, episodes=a.episodes, seed=a.seed,
-                              meta_batch=a.meta_batch, device=a.device, progress=not a.quiet, **settings)
+                              meta_batch=a.meta_batch, device=a.device, progress=not a.quiet,
+                              imbalance=a.imbalance, **settings)
     if a.json:
         print(json.dumps(res))
     else:
@@ -267,7 +283,13 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                         "with vmap or one by one (the same numbers up to rounding; on CPU the loop is faster "
                         "for large images, e.g. 84x84; default: the checkpoint's own setting)")),
         ("--inner-steps", dict(type=int, help="MAML family: gradient steps on each support set at test "
-                                              "(default: the checkpoint's inner_steps_test)"))]),
+                                              "(default: the checkpoint's inner_steps_test)")),
+        ("--imbalance", dict(type=_dirichlet, metavar="dirichlet:ALPHA", help="realistic queries: each "
+                             "episode's class proportions drawn from Dirichlet(ALPHA), the total fixed at "
+                             "ways x queries, at least one per class (Veilleux et al. 2021; default: "
+                             "balanced)")),
+        ("--inductive", dict(action="store_true", help="a transductive head classifies each query alone "
+                             "(its inductive rule, nearest class mean)"))]),
     (("predict",), "classify an image or a folder of images (or sentences) from a support set",
      _cmd_predict, [
         ("checkpoint", {}),

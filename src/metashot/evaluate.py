@@ -36,8 +36,13 @@ def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
 def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots: int, queries: int,
                        episodes: int = DEFAULT_EPISODES, seed: int = 1234, meta_batch: int = 16,
                        device: str | torch.device = "cpu", progress: bool = True,
-                       cache_features: bool = True) -> np.ndarray:
+                       cache_features: bool = True, imbalance: float | None = None) -> np.ndarray:
     """Accuracy of each of ``episodes`` fixed episodes, in [0, 1], float64 [episodes].
+
+    ``imbalance``: None for ``queries`` queries per class, or a Dirichlet alpha: the realistic protocol
+    (class proportions of each episode's queries drawn from Dirichlet(alpha); see
+    :class:`~metashot.data.episodes.EpisodeSampler`). A transductive learner sees each episode's query set
+    as its unlabelled batch, in the batched path as in the per-task one.
 
     A learner whose backbone has a frozen pretrained trunk (:func:`metashot.nn.pretrained.frozen_trunk`)
     sees every image's trunk features computed once (``cache_features``); the episodes are the same tasks
@@ -58,7 +63,7 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
         store = feature_store(trunk, store, device, progress=progress)
         features_in = trunk.on_features()
     # One episode per sampler batch index, so the episodes do not depend on meta_batch.
-    sampler = EpisodeSampler(store, ways, shots, queries, seed=seed, tasks_per_batch=1)
+    sampler = EpisodeSampler(store, ways, shots, queries, seed=seed, tasks_per_batch=1, imbalance=imbalance)
     was_training = learner.training
     learner.eval()
     accs = np.empty(episodes)
@@ -88,16 +93,19 @@ def episode_accuracies(learner: MetaLearner, store: ClassStore, ways: int, shots
 def evaluate(learner: MetaLearner, store: ClassStore, ways: int = 5, shots: int = 1, queries: int = 15,
              episodes: int = DEFAULT_EPISODES, seed: int = 1234, meta_batch: int = 16,
              device: str | torch.device = "cpu", progress: bool = True,
-             cache_features: bool = True) -> dict[str, Any]:
-    """Evaluate on fixed seeded episodes. Returns ``acc`` and ``ci95`` in percent plus the protocol."""
+             cache_features: bool = True, imbalance: float | None = None) -> dict[str, Any]:
+    """Evaluate on fixed seeded episodes. Returns ``acc`` and ``ci95`` in percent plus the protocol
+    (``imbalance``: the Dirichlet alpha of the query proportions, or None for balanced queries;
+    ``transductive``: whether the learner used each episode's unlabelled queries)."""
     t0 = time.perf_counter()
     accs = episode_accuracies(learner, store, ways, shots, queries, episodes, seed, meta_batch, device,
-                              progress, cache_features)
+                              progress, cache_features, imbalance)
     mean, ci = mean_ci95(accs)
     return {
         "acc": round(100 * mean, 4), "ci95": round(100 * ci, 4), "episodes": episodes, "ways": ways,
         "shots": shots, "queries": queries, "seed": seed, "dataset": store.meta.get("name", "?"),
         "algorithm": learner.algorithm_name, "seconds": round(time.perf_counter() - t0, 2),
+        "imbalance": imbalance, "transductive": bool(getattr(learner, "uses_queries", False)),
     }
 
 
@@ -108,6 +116,7 @@ EVAL_SETTINGS: dict[str, tuple[type, float | None, str]] = {
     "vectorized": (bool, None, "no inner loop to vectorise"),
     "inner_steps_test": (int, 0, "no inner loop"),
     "inner_lr": (float, None, "no inner-loop step size"),
+    "transductive": (bool, None, "no transductive head"),
 }
 
 
@@ -166,7 +175,8 @@ def evaluate_checkpoint(name_or_path: str | Path, *, dataset: str | None = None,
                         root: str | Path | None = None, ways: int | None = None, shots: int | None = None,
                         queries: int | None = None, episodes: int | None = None, seed: int | None = None,
                         meta_batch: int | None = None, device: str | torch.device = "cpu",
-                        progress: bool = True, **settings: Any) -> dict[str, Any]:
+                        progress: bool = True, imbalance: float | None = None,
+                        **settings: Any) -> dict[str, Any]:
     """Accuracy of a checkpoint (folder, run folder or bundled name) on fixed seeded episodes.
 
     Every argument left None takes the checkpoint's own config (``data.dataset``, ``data.test_split``, the
@@ -196,7 +206,8 @@ def evaluate_checkpoint(name_or_path: str | Path, *, dataset: str | None = None,
     check_channels(store, spec, f"checkpoint {name_or_path}", trained_on=data["dataset"])
     res = evaluate(learner, store, _given(ways, ev["ways"]), _given(shots, ev["shots"]),
                    _given(queries, ev["queries"]), episodes, _given(seed, ev["seed"]),
-                   _given(meta_batch, ev.get("meta_batch", 16)), device, progress=progress)
+                   _given(meta_batch, ev.get("meta_batch", 16)), device, progress=progress,
+                   imbalance=imbalance)
     res["checkpoint"] = str(name_or_path)
     return res
 

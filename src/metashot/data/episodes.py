@@ -74,6 +74,11 @@ class EpisodeSampler:
             ``within_group=1.0`` gives Lake et al.'s within-alphabet episodes. Each such episode picks one
             group uniformly among those with at least N classes.
         group_depth: how many leading ``/``-separated name components form the group.
+        imbalance: None (every class has ``queries`` queries) or alpha > 0: the realistic protocol of
+            Veilleux et al. (NeurIPS 2021): each episode's class proportions are drawn from a symmetric
+            Dirichlet(alpha), and its N * Q queries are split by them (a multinomial draw after one query per
+            class; no class gets more than its items left after the shots). The total stays N * Q, so batches
+            keep their shapes; the query labels then differ between episodes.
 
     Raises:
         ValueError: if ways exceeds the number of classes or a class has fewer than shots + queries items
@@ -83,7 +88,8 @@ class EpisodeSampler:
     """
 
     def __init__(self, store: ClassStore, ways: int, shots: int, queries: int, seed: int = 0,
-                 tasks_per_batch: int = 1, within_group: float = 0.0, group_depth: int = 1) -> None:
+                 tasks_per_batch: int = 1, within_group: float = 0.0, group_depth: int = 1,
+                 imbalance: float | None = None) -> None:
         for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0),
                             ("tasks_per_batch", tasks_per_batch, 1)):
             if int(v) != v or v < lo:
@@ -103,6 +109,11 @@ class EpisodeSampler:
                 f"shots + queries = {shots} + {queries} = {need}; {len(short)} class(es) are this short. "
                 f"Lower shots/queries or remove those classes"
             )
+        if imbalance is not None and not float(imbalance) > 0:
+            raise ValueError(f"EpisodeSampler: imbalance (a Dirichlet alpha) must be > 0, got {imbalance}")
+        self.imbalance = None if imbalance is None else float(imbalance)
+        if self.imbalance is not None and queries < 1:
+            raise ValueError("EpisodeSampler: imbalanced queries need queries >= 1")
         self.store = store
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
         self.seed = int(seed)
@@ -152,8 +163,48 @@ class EpisodeSampler:
         rows = self._offsets[classes][..., None] + items
         return classes, rows
 
+    def query_counts(self, rng: np.random.Generator, caps: np.ndarray) -> np.ndarray:
+        """Dirichlet(alpha) query counts [T, N] summing to N * Q per task, each in [1, cap] (caps [T, N])."""
+        T, N, total = caps.shape[0], self.ways, self.ways * self.queries
+        if int(caps.sum(1).min()) < total:
+            raise ValueError(f"EpisodeSampler: {total} queries do not fit in the classes' items after the "
+                             f"shots")
+        out = np.empty((T, N), dtype=np.int64)
+        for t in range(T):
+            p = rng.dirichlet(np.full(N, self.imbalance))
+            c = 1 + rng.multinomial(total - N, p)
+            while (c > caps[t]).any():  # give the overflow to the classes with room, by the same proportions
+                extra = int((c - caps[t]).clip(min=0).sum())
+                c = np.minimum(c, caps[t])
+                room = c < caps[t]
+                c += rng.multinomial(extra, p * room / (p * room).sum())
+            out[t] = c
+        return out
+
+    def _sample_imbalanced(self, rng: np.random.Generator, classes: np.ndarray) -> EpisodeBatch:
+        T, N, K = classes.shape[0], self.ways, self.shots
+        sizes = self._counts[classes]  # [T, N]
+        q = self.query_counts(rng, np.minimum(sizes - K, self.ways * self.queries))
+        m = int(K + q.max())  # the first K + q[t, c] of a row are distinct items of class c (q <= size - K)
+        items = _distinct(rng, T * N, m, sizes.reshape(-1)).reshape(T, N, -1)
+        rows = self._offsets[classes][..., None] + items
+        qrows = np.stack([np.concatenate([rows[t, c, K : K + q[t, c]] for c in range(N)]) for t in range(T)])
+        qy = torch.from_numpy(np.stack([np.repeat(np.arange(N), q[t]) for t in range(T)]))
+        imgs = self.store.images
+        item = imgs.shape[1:]
+        sx = imgs.index_select(0, torch.from_numpy(rows[:, :, :K].reshape(-1))).view(T, N * K, *item)
+        qx = imgs.index_select(0, torch.from_numpy(qrows.reshape(-1))).view(T, N * self.queries, *item)
+        return EpisodeBatch(sx, self._labels_s.expand(T, -1), qx, qy, torch.from_numpy(classes), N, K,
+                            self.queries)
+
     def sample(self, batch_index: int, tasks: slice | None = None) -> EpisodeBatch:
         """Batch ``batch_index``; ``tasks`` selects a slice of its T episodes (distributed ranks)."""
+        if self.imbalance is not None:
+            rng = np.random.default_rng([self.seed, int(batch_index), 1])
+            classes = _distinct(rng, self.tasks_per_batch, self.ways,
+                                np.full((self.tasks_per_batch,), self.store.num_classes))
+            batch = self._sample_imbalanced(rng, classes)
+            return batch if tasks is None else batch.slice(tasks.start or 0, tasks.stop or batch.num_tasks)
         classes, rows = self.indices(batch_index)
         if tasks is not None:
             classes, rows = classes[tasks], rows[tasks]

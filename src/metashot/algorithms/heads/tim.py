@@ -27,10 +27,12 @@ def fit_classifier(zs: torch.Tensor, ys: torch.Tensor, zq: torch.Tensor | None, 
     ``loss_of(support_logits, ys, query_logits) -> [T]`` per-task losses; their sum is minimised, and the
     tasks are independent, so one run solves every task of the batch. Returns W (detached).
     """
-    with torch.enable_grad():
-        w = prototypes(zs, ys, ways).detach().clone().requires_grad_(True)
+    # Heads run under the learner's adapt_mode (inference mode for frozen features): leave it for this
+    # optimisation, on copies made outside it (inference tensors cannot be saved for backward).
+    with torch.inference_mode(False), torch.enable_grad():
+        zs_, zq_ = zs.clone(), None if zq is None else zq.clone()
+        w = prototypes(zs_, ys.clone(), ways).detach().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
-        zs_, zq_ = zs.detach(), None if zq is None else zq.detach()
         for _ in range(steps):
             opt.zero_grad()
             loss = loss_of(logits_of(zs_, w), ys, None if zq_ is None else logits_of(zq_, w))  # type: ignore
