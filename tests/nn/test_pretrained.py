@@ -226,8 +226,10 @@ def test_checkpoint_leaves_out_frozen_weights_and_checks_their_digest(tmp_path):
 
     clf = load(ck)
     assert clf.image_spec == spec
-    # Other weights at the same path: refused, naming the digest.
-    _tiny_weights(tmp_path, seed=3)[0].replace(path)
+    # The checkpoint carries a copy of the frozen trunk's weights file; other weights there: refused,
+    # naming the digest.
+    assert meta["config"]["model"]["backbone_args"]["pretrained"] == "pretrained.safetensors"
+    _tiny_weights(tmp_path, seed=3)[0].replace(ck / "pretrained.safetensors")
     with pytest.raises(CheckpointError, match="digest"):
         load_checkpoint(ck)
 

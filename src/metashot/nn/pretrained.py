@@ -71,8 +71,25 @@ def create_timm_model(model: str, pretrained: bool | str = True) -> nn.Module:
         file = Path(str(pretrained)).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"backbone_args.pretrained: weights file {file} does not exist")
-    return timm.create_model(model, pretrained=True, num_classes=0,
-                             pretrained_cfg_overlay={"file": str(file)})
+    try:
+        return timm.create_model(model, pretrained=True, num_classes=0,
+                                 pretrained_cfg_overlay={"file": str(file)})
+    except Exception as e:  # a file that is not a state dict fails in many ways (IndexError, pickle errors)
+        if file is None or isinstance(e, (ImportError, MemoryError)):
+            raise
+        raise ValueError(f"backbone_args.pretrained: {file} is not a weights file of {model} "
+                         f"({unreadable_weights_reason(e)}); give a safetensors file or a torch state dict "
+                         f"of plain tensors with {model}'s keys") from None
+
+
+def unreadable_weights_reason(e: BaseException) -> str:
+    """Why a weights file could not be read, in one line, without torch's advice to load it with
+    ``weights_only=False`` (which would run whatever code the file's pickle holds: metashot never does)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "weights_only" in str(e) or "pickle" in type(e).__name__.lower():
+        return ("it is neither a safetensors file nor a torch file of plain tensors; metashot never "
+                "unpickles other objects")
+    return f"{type(e).__name__}: {text[:200]}"
 
 
 class TimmBackbone(nn.Module):
