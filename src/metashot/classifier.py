@@ -36,6 +36,8 @@ from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, ImageSpec, preproces
 from metashot.estimator import EstimatorMixin, NotFittedError  # noqa: F401 (NotFittedError: re-exported)
 from metashot.predict_folder import predict_images_csv, query_images  # noqa: F401 (moved there)
 
+UNKNOWN = "unknown"  # the label of photos of none of the support classes (predict(..., unknown=True))
+
 
 class FewShotClassifier(EstimatorMixin):
     """A trained meta-learner wrapped as a classifier of new classes from a few examples each.
@@ -178,26 +180,73 @@ class FewShotClassifier(EstimatorMixin):
             labels += [name] * len(files)
         return self.fit(images, labels)
 
-    def decision_function(self, images: Any) -> np.ndarray:
-        """Scores (logits divided by the checkpoint's calibration temperature) [n, n_classes]."""
+    def _scores(self, images: Any, transductive: bool | None,
+                unknown: bool) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        """(scores [n, N] divided by the temperature, known-class scores [n] or None, the unknown threshold
+        or None) of one call's images, which are one unlabelled batch for a transductive head."""
         if self._predictor is None:
             raise NotFittedError("call fit(images, labels) with a support set before predicting")
+        pred = self._predictor
+        threshold = None
+        if unknown:
+            threshold = getattr(self.learner, "unknown_threshold", None)
+            if threshold is None or not hasattr(pred, "scores_embedded"):
+                raise ValueError(f"unknown=True: model {self.source or '(in memory)'} has no calibrated "
+                                 f"'unknown' threshold (only photo models with a known-class score do, e.g. "
+                                 f"`photos`); leave unknown out")
+            if UNKNOWN in list(self.classes_):
+                raise ValueError(f"unknown=True: a support class is named {UNKNOWN!r}, the label of photos "
+                                 f"of none of the classes; rename that class")
         x = self._to_tensor(images, "predict images")
-        out = []
-        with self.learner.adapt_mode():
-            for i in range(0, len(x), self.batch_size):
-                out.append(self._predictor(x[i : i + self.batch_size]).detach().float().cpu())
-        logits = torch.cat(out)
+        known = None
+        if hasattr(pred, "scores_embedded"):  # embed in chunks, then score the whole call as one batch
+            from metashot.fitted import embed
+
+            z = embed(self, x)
+            with self.learner.adapt_mode():
+                logits, known = pred.scores_embedded(z, transductive, threshold)
+            logits, known = logits.detach().float().cpu(), known.detach().float().cpu()
+        else:
+            out = []
+            with self.learner.adapt_mode():
+                for i in range(0, len(x), self.batch_size):
+                    out.append(pred(x[i : i + self.batch_size]).detach().float().cpu())
+            logits = torch.cat(out)
         check_finite(logits, f"predict with checkpoint {self.source or '(in memory)'}")
-        return (logits / self.temperature if self.temperature != 1.0 else logits).numpy()
+        return (logits / self.temperature if self.temperature != 1.0 else logits), known, threshold
 
-    def predict_proba(self, images: Any) -> np.ndarray:
-        logits = torch.from_numpy(self.decision_function(images))
-        return torch.softmax(logits, dim=-1).numpy()
+    def classify(self, images: Any, *, transductive: bool | None = None,
+                 unknown: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Labels [n] and class probabilities [n, n_classes] of ``images`` in one pass.
 
-    def predict(self, images: Any) -> np.ndarray:
-        scores = self.decision_function(images)
-        return self.classes_[scores.argmax(1)]
+        With a transductive head (``photos``), the images of one call are classified together: each
+        photo's answer can depend on the other photos of the call (that is what makes them more accurate).
+        ``transductive=False``, or a single image, uses the inductive rule (nearest class mean) instead.
+        ``unknown=True`` labels ``"unknown"`` the photos whose known-class score (cosine to the nearest
+        class mean) is below the model's threshold, calibrated on validation classes; those photos are
+        also kept out of the transductive batch. Their probabilities are still over the known classes.
+        """
+        scores, known, threshold = self._scores(images, transductive, unknown)
+        proba = torch.softmax(scores, dim=-1).numpy()
+        labels = self.classes_[proba.argmax(1)].copy()
+        if threshold is not None and known is not None:
+            labels[(known < threshold).numpy()] = UNKNOWN
+        return labels, proba
+
+    def decision_function(self, images: Any, *, transductive: bool | None = None) -> np.ndarray:
+        """Scores (logits divided by the checkpoint's calibration temperature) [n, n_classes]; the call's
+        images are one batch for a transductive head (see :meth:`classify`)."""
+        return self._scores(images, transductive, False)[0].numpy()
+
+    def predict_proba(self, images: Any, *, transductive: bool | None = None) -> np.ndarray:
+        """Class probabilities [n, n_classes] (softmax of :meth:`decision_function`)."""
+        return torch.softmax(torch.from_numpy(self.decision_function(images, transductive=transductive)),
+                             dim=-1).numpy()
+
+    def predict(self, images: Any, *, transductive: bool | None = None, unknown: bool = False) -> np.ndarray:
+        """Labels [n] (``"unknown"`` for photos of none of the classes when ``unknown=True``); see
+        :meth:`classify`."""
+        return self.classify(images, transductive=transductive, unknown=unknown)[0]
 
     def score(self, images: Any, labels: Sequence[Hashable]) -> float:
         """Accuracy (a fraction in [0, 1]) of ``predict(images)`` against ``labels``, as in scikit-learn."""
