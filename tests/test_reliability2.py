@@ -103,3 +103,73 @@ def test_a_file_that_is_not_weights_is_one_line_without_unsafe_advice(tmp_path, 
     msg = str(e.value)
     assert str(file) in msg and "not a weights file" in msg and "\n" not in msg
     assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg
+
+
+# -- item 15: the last good checkpoint is finite, evaluable and resumable; a diverged validation is logged
+
+def _tiny_trainer(out: Path, validate=None, **train):
+    import numpy as np
+
+    from metashot.algorithms.protonet import ProtoNet
+    from metashot.config import Config
+    from metashot.data.episodes import EpisodeSampler
+    from metashot.data.store import ClassStore
+    from metashot.nn.backbones import build_backbone
+    from metashot.train import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (72, 1, 8, 8), generator=g, dtype=torch.uint8)
+    store = ClassStore(images, np.arange(13) * 6, [f"c{i}" for i in range(12)], {"name": "tiny"})
+    torch.manual_seed(0)
+    learner = ProtoNet(build_backbone("conv4", in_channels=1, hidden=4, out_channels=4, depth=2))
+    base = {"steps": 20, "optimizer": "sgd", "momentum": 0.0, "lr_schedule": "constant", "log_every": 1,
+            "seed": 0, **train}
+    episodes = {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2}
+    cfg = Config.from_dict({"name": "tiny", "episodes": episodes, "train": base})
+    sampler = EpisodeSampler(store, 3, 1, 2, seed=0, tasks_per_batch=2)
+    v = (lambda lrn: validate(lrn, store)) if validate is not None else None
+    return Trainer(learner, sampler, cfg, v, out_dir=out, progress=False), store
+
+
+@pytest.mark.parametrize("lr", [1e4, 1e2])
+def test_the_last_good_checkpoint_is_evaluable_and_the_advice_resumes(tmp_path, lr):
+    from safetensors.torch import load_file
+
+    from metashot.checkpoint import read_meta
+    from metashot.evaluate import episode_accuracies
+    from metashot.optim import NonFiniteLossError
+
+    trainer, store = _tiny_trainer(tmp_path, lr=lr, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as e:
+        trainer.fit()
+    assert "--set train.lr=" in str(e.value)
+    good = read_meta(tmp_path / "last")["step"]
+    state = load_file(str(tmp_path / "last" / "weights.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in state.values())  # weights and buffers
+    fresh, _ = _tiny_trainer(tmp_path / "unused", lr=lr)
+    fresh.learner.load_state_dict(state)
+    fresh.learner.eval()
+    acc = episode_accuracies(fresh.learner, store, 3, 1, 2, episodes=8, seed=1, meta_batch=4, progress=False)
+    assert len(acc) == 8  # evaluation refuses non-finite scores: these are finite
+    # The advice: resume with a lower rate and gradient clipping gets well past the step that diverged.
+    resumed, _ = _tiny_trainer(tmp_path, lr=1e-4, grad_clip=1.0, checkpoint_every=1, steps=good + 10)
+    resumed.load_state(tmp_path / "last")
+    assert resumed.step == good
+    summary = resumed.fit()
+    assert summary["steps"] == good + 10 and read_meta(tmp_path / "final")["step"] == good + 10
+
+
+def test_a_divergence_found_by_validation_is_logged_and_summarised(tmp_path):
+    from metashot.evaluate import evaluate
+    from metashot.optim import NonFiniteLossError
+
+    def validate(learner, store):
+        return evaluate(learner, store, 3, 1, 2, 4, 777, 4, "cpu", progress=False)
+
+    trainer, _ = _tiny_trainer(tmp_path, validate, lr=1e4, val_every=1)
+    with pytest.raises(NonFiniteLossError, match="validation after step .*Training stopped"):
+        trainer.fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged_at_step"] >= 1 and "error" in summary
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "non_finite"

@@ -41,7 +41,7 @@ from metashot.optim import (
 )
 from metashot.runs import BEST, FINAL, LAST, RunDir
 from metashot.train_state import load_trainer_state, trainer_state
-from metashot.train_stop import diverged, os_failure
+from metashot.train_stop import diverged, failed_at, health_problem, os_failure
 
 
 class Trainer:
@@ -92,6 +92,7 @@ class Trainer:
         self.window: list[dict[str, float]] = []  # the metrics of the steps since the last log record
         self.history: list[dict[str, Any]] = []
         self._stop_all = False  # a signal reached this rank or another one
+        self._healthy_at = -1  # the step whose model passed the checkpoint health check (train_stop)
 
     @property
     def _signal(self) -> int | None:
@@ -118,6 +119,11 @@ class Trainer:
         if bad:
             raise NonFiniteLossError(f"Trainer: refusing to write checkpoint {path}: tensor {bad[0]!r} holds "
                                      f"NaN/Inf at step {self.step}")
+        if self._healthy_at != self.step:  # once per step (last/ and best/ may be written at the same step)
+            problem = health_problem(self)
+            if problem is not None:
+                raise problem
+            self._healthy_at = self.step
         return save_checkpoint(path, self.learner, self.cfg.to_dict(),
                                extra={"step": self.step, **self.checkpoint_extra, **(extra or {})},
                                train_state=trainer_state(self) if with_state else None)
@@ -229,11 +235,7 @@ class Trainer:
         try:
             with self.run.stop_signals():
                 while self.step < t.steps:
-                    try:
-                        metrics = self.train_step()
-                    except NonFiniteLossError as e:
-                        self.elapsed = time.perf_counter() - t0
-                        raise diverged(self, e) from None
+                    metrics = self.train_step()
                     self.window.append(metrics)
                     bar.update(1)
                     self.elapsed = time.perf_counter() - t0
@@ -251,11 +253,14 @@ class Trainer:
                         result["interrupted_at_step"] = self.step
                         result["signal"] = self._signal if self._signal is not None else "peer"
                         break
+            if "interrupted_at_step" not in result:
+                self.save(FINAL)
+                self.save(LAST, with_state=True)
+        except NonFiniteLossError as e:  # a step, a validation or a checkpoint's health check
+            self.elapsed = time.perf_counter() - t0
+            raise diverged(self, e) from None
         finally:
             bar.close()
-        if "interrupted_at_step" not in result:
-            self.save(FINAL)
-            self.save(LAST, with_state=True)
         result.update(steps=self.step, seconds=round(self.elapsed, 2),
                       best_val_acc=None if self.best_acc == -math.inf else self.best_acc,
                       best_step=self.best_step, out_dir=str(self.out_dir))
@@ -291,7 +296,13 @@ class Trainer:
             shown = bar.postfix if bar is not None and self.progress else None
             if bar is not None and self.progress:  # validation can take a while: say so instead of freezing
                 bar.set_postfix_str(((shown + ", ") if shown else "") + "validating...", refresh=True)
-            val = self.validate(self.learner)
+            try:
+                val = self.validate(self.learner)
+            except ValueError as e:  # evaluate refuses non-finite scores: the run diverged
+                if "not finite" not in str(e):
+                    raise
+                raise failed_at(NonFiniteLossError(f"Trainer: validation after step {self.step}: {e}"),
+                                self.step) from None
             if bar is not None and self.progress:
                 bar.set_postfix_str(shown or "", refresh=True)
             self._log({"step": self.step, "val_acc": val["acc"], "val_ci95": val.get("ci95"),
