@@ -173,3 +173,36 @@ def test_a_divergence_found_by_validation_is_logged_and_summarised(tmp_path):
     assert summary["diverged_at_step"] >= 1 and "error" in summary
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "non_finite"
+
+
+# -- item 9: a YAML "billion laughs" config is refused at once ---------------------------------------------
+
+_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.steps=1"]])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, overrides):
+    from metashot.config import MAX_CONFIG_VALUES, load_config
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_LAUGHS)  # 9^9 = 387 million strings once expanded
+    with pytest.raises(ValueError, match=f"{bomb}.*more than {MAX_CONFIG_VALUES:,} values"):
+        load_config(bomb, overrides)
+
+
+def test_an_alias_bomb_in_a_set_value_is_refused(tmp_path):
+    from metashot.config import apply_overrides
+
+    value = "{" + _LAUGHS.replace("\n", ", ").rstrip(", ") + "}"
+    with pytest.raises(ValueError, match=r"--set data\.options .*more than"):
+        apply_overrides({}, [f"data.options={value}"])
+
+
+def test_small_aliases_still_work(tmp_path):
+    from metashot.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("episodes: &e {ways: 3, shots: 2}\neval: *e\n")
+    c = load_config(cfg, ["train.steps=3"])
+    assert (c.eval.ways, c.eval.shots, c.train.steps) == (3, 2, 3)

@@ -281,16 +281,45 @@ def _number(text: str, where: str, kind: str) -> int | float:
     return float(t) if any(c in t for c in ".eE") else int(t)
 
 
+#: The most values (mappings, lists, keys and scalars, counted with every alias expanded) a configuration may
+#: hold: a real one holds a few hundred. YAML aliases (``*name``) can make a small file stand for billions of
+#: values ("billion laughs"), which copying the configuration would expand.
+MAX_CONFIG_VALUES = 100_000
+
+
+def expanded_size(obj: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values ``obj`` holds with every shared (aliased) part counted each time it appears; stops
+    counting past ``limit`` (so a recursive or exploding structure costs at most ``limit`` visits)."""
+    count, stack = 0, [obj]
+    while stack and count <= limit:
+        x = stack.pop()
+        count += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return count
+
+
+def _check_size(obj: Any, what: str) -> None:
+    if expanded_size(obj) > MAX_CONFIG_VALUES:
+        raise ValueError(f"{what} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases that "
+                         f"repeat each other, or a structure that contains itself); write the values out "
+                         f"instead of aliasing them")
+
+
 def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """A YAML preset as a dict, with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    return apply_overrides(raw, overrides or [])
+    _check_size(raw, f"config file {path}")
+    return apply_overrides(raw if raw is not None else {}, overrides or [])
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -299,6 +328,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    _check_size(raw, "the configuration")
     raw = json.loads(json.dumps(raw))
     for ov in overrides:
         if "=" not in ov:
@@ -310,5 +340,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(val)
+        try:
+            value = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {key}: {val!r} is not a valid YAML value ({str(e).splitlines()[0]})"
+                             ) from None
+        _check_size(value, f"--set {key}")
+        node[parts[-1]] = json.loads(json.dumps(value))
     return raw
