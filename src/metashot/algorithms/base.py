@@ -76,12 +76,24 @@ class MetaLearner(nn.Module):
 
     ``adapt_needs_grad`` is True for algorithms whose adaptation differentiates (MAML, Meta-LSTM); the
     evaluator then keeps autograd on while adapting.
+
+    Transductive learners (``uses_queries`` True, e.g. SimpleShot with a transductive head) adapt with the
+    unlabelled queries too: ``adapt(support_x, support_y, query_x) -> predictor``, and their predictor treats
+    the items of one call as one unlabelled batch (a query's answer may depend on the others). Rules every
+    such learner keeps: a single query, or its inductive setting, falls back to the inductive rule; the
+    order of the queries never changes an answer; batches may be unbalanced or miss a class. ``evaluate``
+    gives each episode's query set (per task and in the batched path); ``FewShotClassifier.predict`` gives
+    the images of the call. Inductive learners ignore ``query_x``.
     """
 
     algorithm_name: str = "base"
     adapt_needs_grad: bool = False
+    uses_queries: bool = False  # a transductive learner: predictions use the unlabelled batch
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
+              query_x: torch.Tensor | None = None) -> Predictor:
+        """A predictor for the task with this support set (and, for a transductive learner, its unlabelled
+        queries ``query_x``, the batch the predictor will be asked about)."""
         raise NotImplementedError
 
     def adapt_mode(self) -> contextlib.AbstractContextManager:
@@ -112,7 +124,10 @@ class MetaLearner(nn.Module):
         """Query logits of every task: [T, N*Q, N]. Loops over tasks unless overridden."""
         out = []
         for t in range(batch.support_x.shape[0]):
-            out.append(self.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]).detach())
+            qx = batch.query_x[t]
+            pred = self.adapt(batch.support_x[t], batch.support_y[t], qx) if self.uses_queries else \
+                self.adapt(batch.support_x[t], batch.support_y[t])
+            out.append(pred(qx).detach())
         return torch.stack(out)
 
     def config_dict(self) -> dict[str, Any]:

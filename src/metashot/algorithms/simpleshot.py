@@ -10,7 +10,7 @@ from torch import nn
 
 from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, register
 from metashot.algorithms.heads import Head, cosine, make_head, prototypes
-from metashot.nn.feature_maps import CENTRES, l2n, task_features
+from metashot.nn.feature_maps import CENTRES, batch_centre, centre_map, l2n, task_features
 
 
 @register("simpleshot")
@@ -88,11 +88,15 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         return head(ts, ys, tq, ways)
 
     def known_scores(self, zs: torch.Tensor, ys: torch.Tensor, zq: torch.Tensor, ways: int) -> torch.Tensor:
-        """How much each query looks like a support class: the cosine of its mapped feature to the nearest
-        class mean, [T, M]. Inductive (the other queries play no part), so unknown queries cannot shift it."""
-        ts, tq = task_features(zs, zq, self.centre)
-        assert tq is not None
-        return cosine(tq, prototypes(ts, ys, ways)).amax(-1)
+        """How much each query looks like a support class, [T, M]: the cosine of its embedding to the
+        nearest class mean, both centred on the mean of the support set and the query batch together
+        (:func:`~metashot.nn.feature_maps.batch_centre`) and L2-normalised. Centring on the batch was chosen
+        on validation classes over centring on the support set alone (AUROC of known vs unknown queries
+        0.87 vs 0.81 at 1 shot, 0.95 vs 0.93 at 5 shots, mini-ImageNet val; benchmarks/photos/
+        known_score_variants.py). It makes the score of one photo depend a little on the others of the call
+        (with one query it is close to support centring); the class predictions do not use it."""
+        m = batch_centre(zs, zq)
+        return cosine(centre_map(zq, m), prototypes(centre_map(zs, m), ys, ways)).amax(-1)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               query_x: torch.Tensor | None = None) -> HeadPredictor:

@@ -5,7 +5,9 @@ Every head of :mod:`metashot.algorithms.heads` and SimpleShot see features throu
 - power transform (Hu et al. 2021): z -> (max(z, 0) + 1e-6) ** beta on non-negative (post-ReLU) features;
 - L2 normalisation (SimpleShot's L2N);
 - centring: on the base classes' mean feature (SimpleShot's CL2N, a fitted buffer of the backbone), on the
-  task's support set (``support``: inductive, needs no base classes), or none.
+  task's support set (``support``: inductive, needs no base classes), or none; and, for the known-class
+  score of open-set prediction only, on the mean of the support and the query batch together
+  (:func:`batch_centre`, transductive).
 
 Shapes: features [..., S, D] (a leading task dimension is allowed everywhere).
 """
@@ -31,6 +33,11 @@ def l2n(z: torch.Tensor) -> torch.Tensor:
 def support_centre(zs: torch.Tensor) -> torch.Tensor:
     """The mean of the support embeddings zs [..., S, D] -> [..., 1, D]."""
     return zs.mean(-2, keepdim=True)
+
+
+def batch_centre(zs: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    """The mean of the support zs [..., S, D] and the query batch zq [..., M, D] together -> [..., 1, D]."""
+    return torch.cat([zs, zq], -2).mean(-2, keepdim=True)
 
 
 def centre_map(z: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
