@@ -129,9 +129,16 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                      if getattr(a, f)]:
             raise ValueError(f"{', '.join(given)}: for image checkpoints only; leave it out for sentences")
         return predict_text_cli(clf, a.support, a.query, a.output, a.threshold)
+    unknown = a.unknown
+    if a.threshold is not None:  # image models: the threshold of the 'unknown' label
+        if not hasattr(clf.learner, "known_scores"):
+            raise ValueError(f"--threshold: model {a.checkpoint} gives no known-class score for an 'unknown' "
+                             f"label (photo models such as `photos` do); leave --threshold out")
+        clf.learner.unknown_threshold = float(a.threshold)
+        unknown = True
     return predict_images_csv(clf, a.support, a.query, a.output, batch_size=a.batch_size, resume=a.resume,
                               skip_unreadable=a.skip_unreadable, transductive=False if a.inductive else None,
-                              unknown=a.unknown)
+                              unknown=unknown)
 
 
 def _cmd_sinusoid_train(a: argparse.Namespace) -> int:
@@ -210,6 +217,16 @@ def _cmd_rl_eval(a: argparse.Namespace) -> int:
             if isinstance(r, dict):
                 r.pop("per_task_returns", None)
         print(json.dumps(report))
+    return 0
+
+
+def _cmd_app(a: argparse.Namespace) -> int:
+    """The local page (Gradio, the ``app`` extra) on 127.0.0.1 until Ctrl+C."""
+    from metashot.app import launch
+
+    if not a.max_photo_mb > 0:
+        raise ValueError(f"--max-photo-mb must be > 0, got {a.max_photo_mb:g}")
+    launch(port=a.port, device=a.device, max_photo_mb=a.max_photo_mb)
     return 0
 
 
@@ -298,7 +315,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--query", dict(required=True, help="an image file or a folder of images to classify (text check"
                          "points: a CSV with a text column, or a text file with one sentence per line)")),
         ("--threshold", dict(type=float, help="text checkpoints: label 'oos' (out of scope) when the "
-                                              "confidence is below this")),
+                                              "confidence is below this; photo models: label 'unknown' when "
+                                              "the known-class score (cosine to the nearest class mean) is "
+                                              "below this (implies --unknown; default: the model's own "
+                                              "threshold, set on validation classes)")),
         ("--output", dict(help="CSV file (default: standard output); an existing one needs --resume")),
         ("--batch-size", dict(type=_positive_int, default=64, help="photos decoded, classified and written "
                               "together (default 64); sets memory. With a transductive head each chunk of "
@@ -308,7 +328,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--skip-unreadable", dict(action="store_true", help="go on without unreadable images: one warning, "
                                    "and a row with an empty label and the note 'unreadable' each")),
         ("--inductive", dict(action="store_true", help="classify each photo alone, never from the batch")),
-        ("--unknown", dict(action="store_true", help="label photos of no support class 'unknown'")),
+        ("--unknown", dict(action="store_true", help="label 'unknown' the photos that look like none of the "
+                           "support classes (their known-class score is below the model's threshold, set on "
+                           "validation classes to reject 10%% of known photos); they are also kept out of "
+                           "the transductive batch")),
         _DEVICE, _QUIET]),
     (("plot",), "PNG learning curves of a run (needs matplotlib: metashot[plot])", _cmd_plot, [
         ("run_dir", dict(help="run folder with metrics.jsonl")),
@@ -358,6 +381,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                           "first checkpoint")), _JSON]),
     (("data", "verify"), "which datasets are present and whether they check out", _cmd_data_verify, [
         ("--root", dict(help="data root (default $METASHOT_DATA)")), _JSON]),
+    (("app",), "a local page on 127.0.0.1 to try it in the browser: photos, text intents, drawings (needs "
+               "metashot[app])", _cmd_app, [
+        ("--port", dict(type=_positive_int, help="default: the first free port from 7860")),
+        ("--max-photo-mb", dict(type=float, default=25.0, help="largest photo accepted, in MB (default 25)")),
+        _DEVICE]),
 ]
 
 
