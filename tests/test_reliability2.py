@@ -206,3 +206,22 @@ def test_small_aliases_still_work(tmp_path):
     cfg.write_text("episodes: &e {ways: 3, shots: 2}\neval: *e\n")
     c = load_config(cfg, ["train.steps=3"])
     assert (c.eval.ways, c.eval.shots, c.train.steps) == (3, 2, 3)
+
+
+# -- item 13: a config that is a list or a number is one line, with or without --set ----------------------
+
+@pytest.mark.parametrize("text", ["- 1\n- 2\n", "5\n", "just text\n"])
+@pytest.mark.parametrize("overrides", [[], ["train.steps=1"]])
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path, capsys, text, overrides):
+    from metashot.cli import main
+    from metashot.config import apply_overrides
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    args = ["train", str(cfg)] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metashot train: error:") and str(cfg) in err and "not a mapping" in err
+    assert "\n" not in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="not a mapping"):
+        apply_overrides([1, 2], ["a.b=1"])  # type: ignore[arg-type]

@@ -319,7 +319,12 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str,
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from e
     _check_size(raw, f"config file {path}")
-    return apply_overrides(raw if raw is not None else {}, overrides or [])
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} holds a YAML {type(raw).__name__}, not a mapping of sections "
+                         f"(name:, data:, model:, train:, ...); see configs/*.yaml for the layout")
+    return apply_overrides(raw, overrides or [])
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -336,6 +341,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, val = ov.split("=", 1)
         node = raw
         parts = key.strip().split(".")
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: the configuration is a {type(node).__name__}, not a mapping of "
+                             f"sections")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
