@@ -320,9 +320,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                               "below this (implies --unknown; default: the model's own "
                                               "threshold, set on validation classes)")),
         ("--output", dict(help="CSV file (default: standard output); an existing one needs --resume")),
-        ("--batch-size", dict(type=_positive_int, default=64, help="photos decoded, classified and written "
-                              "together (default 64); sets memory. With a transductive head each chunk of "
-                              "--batch-size photos is one unlabelled batch")),
+        ("--batch-size", dict(type=_positive_int, default=256, help="at most this many photos are decoded, "
+                              "classified and written together (default 256; chunks of near-equal size); "
+                              "sets memory. With a transductive head each chunk is one unlabelled batch")),
         ("--resume", dict(action="store_true", help="continue --output: skip the files it already has a row "
                           "for (a cut last line is rewritten) and append the rest")),
         ("--skip-unreadable", dict(action="store_true", help="go on without unreadable images: one warning, "

@@ -114,7 +114,7 @@ def classify_chunk(clf: FewShotClassifier, x: torch.Tensor, transductive: bool |
 
 def read_done(output: Path) -> tuple[set[str], int]:
     """The ``file`` cells of the rows already in ``output`` and the byte length of its complete part (a
-    truncated or malformed last line is not part of it). An empty or header-only file gives (set(), 0)."""
+    truncated or malformed last line is not part of it). A file without one complete line gives (set(), 0)."""
     data = output.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]  # a last line without its newline was cut mid-write
     try:
@@ -174,7 +174,7 @@ def _decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray | None, set[str], s
 
 
 def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str | Path,
-                       output: str | Path | None = None, *, batch_size: int = 64, resume: bool = False,
+                       output: str | Path | None = None, *, batch_size: int = 256, resume: bool = False,
                        skip_unreadable: bool = False, transductive: bool | None = None,
                        unknown: bool = False, progress: bool = True) -> int:
     """``metashot predict`` for an image checkpoint: fit on a folder of class subfolders, then write
@@ -236,7 +236,10 @@ def _stream(clf: FewShotClassifier, todo: list[Path], bad: dict[Path, str], out:
     """Decode (threads, one chunk ahead), classify and write ``todo`` chunk by chunk."""
     spec = clf.image_spec
     assert spec is not None
-    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    # Chunks of near-equal size (at most batch_size): with a transductive head each chunk is one unlabelled
+    # batch, so no chunk is left with a few photos only.
+    size = -(-len(todo) // -(-len(todo) // batch_size))
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1))
 
     def submit(chunk: list[Path]) -> list[tuple[Path, Future[Any] | None]]:
