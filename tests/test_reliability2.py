@@ -225,3 +225,69 @@ def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path, capsys, text, over
     assert "\n" not in err and "Traceback" not in err
     with pytest.raises(ValueError, match="not a mapping"):
         apply_overrides([1, 2], ["a.b=1"])  # type: ignore[arg-type]
+
+
+# -- item 8: the download deadline bounds the whole request, status line and headers included -------------
+
+class _HeaderDrip:
+    """A raw TCP server that answers each connection by dripping its status line and headers, one byte every
+    ``gap`` seconds, for at most ``limit`` seconds (so the test itself is bounded)."""
+
+    def __init__(self, what: str, gap: float = 0.05, limit: float = 8.0) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        if what == "status":  # never finishes its status line
+            self.text = b"HTTP/1.1 200 OK" + b" ok" * 10_000
+        else:  # never finishes its headers
+            self.text = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(10_000))
+        self.gap, self.limit = gap, limit
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        import contextlib
+        import time
+
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.recv(4096)
+                end = time.monotonic() + self.limit
+                for i in range(len(self.text)):
+                    if self.stop.is_set() or time.monotonic() > end:
+                        break
+                    conn.sendall(self.text[i : i + 1])
+                    time.sleep(self.gap)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("what", ["status", "headers"])
+def test_the_download_deadline_covers_the_status_line_and_headers(tmp_path, monkeypatch, what):
+    import time
+
+    from metashot.data.download import DownloadError, download
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    server = _HeaderDrip(what)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError, match="exceeded its deadline of 1 s"):
+            download(f"http://127.0.0.1:{server.port}/x.zip", tmp_path / "x.zip", None, timeout=2,
+                     progress=False, deadline=1.0)
+        assert time.monotonic() - t0 < 2.0  # (before: the whole 8 s the server drips, or forever)
+    finally:
+        server.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,6 +59,65 @@ def md5sum(path: Path) -> str:
     return file_digest(path, "md5")
 
 
+class _Deadline:
+    """Shuts down every socket a request opens once the deadline passes, so nothing can hold a request past
+    it: not a server that drips its status line or headers (which ``urlopen`` reads before returning, each
+    read bounded only by the per-read timeout), nor one that drips its body, nor a chain of redirects."""
+
+    def __init__(self, seconds: float) -> None:
+        self.socks: list[socket.socket] = []
+        self.expired = False
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        with self.lock:
+            self.socks.append(sock)
+            if self.expired:
+                self._shut(sock)
+        return sock
+
+    def fire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # a read blocked in another thread returns at once
+        except OSError:
+            pass  # already closed
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener whose HTTP(S) connections register their sockets here (before any TLS wrapping)."""
+        deadline = self
+
+        def connection(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+            class Watched(base):  # type: ignore[valid-type, misc]
+                def __init__(self, *args: object, **kwargs: object) -> None:
+                    super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+                    create = self._create_connection  # type: ignore[attr-defined]
+                    self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+            return Watched
+
+        http_conn = connection(http.client.HTTPConnection)
+        https_conn = connection(http.client.HTTPSConnection)
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(http_conn, req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(https_conn, req, context=self._context)  # type: ignore[attr-defined]
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
 def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progress: bool = True,
              deadline: float | None = None, max_bytes: int | None = None) -> Path:
     """Fetch ``url`` into ``dest``, verify its md5, and move it into place atomically.
@@ -65,8 +126,9 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
     complete (the byte count matches Content-Length when the server sends one) and the md5 matches is it
     renamed to ``dest``. On any failure, including an interrupt, the temporary file is removed and
     :class:`DownloadError` names the URL and what was wrong. ``timeout`` bounds every network wait (connect
-    and each read), so a stalled server is an error, not a hang; ``deadline`` bounds the whole transfer, so a
-    server that drips a byte at a time is an error too, and ``max_bytes`` caps the size (checked against
+    and each read), so a stalled server is an error, not a hang; ``deadline`` bounds the whole request
+    (status line, headers, redirects and body: :class:`_Deadline`), so a server that drips a byte at a time
+    is an error too, and ``max_bytes`` caps the size (checked against
     Content-Length before reading, and against the bytes received). The file is made readable by all (0644).
 
     Args:
@@ -86,10 +148,12 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
     tmp = Path(tmp_name)
     received = 0
     total: int | None = None
+    watchdog = _Deadline(deadline)
+    watchdog.timer.start()
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as resp:
+                with watchdog.opener().open(url, timeout=min(timeout, deadline)) as resp:
                     length = resp.headers.get("Content-Length")
                     total = int(length) if length is not None and length.isdigit() else None
                     if total is not None and total > max_bytes:
@@ -108,6 +172,9 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
                             # read1: one network read, so a dripping server cannot hold a 64 KiB read forever
                             block = resp.read1(min(1 << 16, max_bytes + 1 - received))
                             if not block:
+                                if watchdog.expired:  # the end came from the deadline, not the server
+                                    raise DownloadError(f"download of {url} exceeded its deadline of "
+                                                        f"{deadline:g} s after {received} bytes; {hint}")
                                 break
                             out.write(block)
                             received += len(block)
@@ -121,7 +188,7 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
                 # URLError covers refused connections and DNS failures; HTTPException covers IncompleteRead
                 # (connection closed mid-body); TimeoutError covers a stalled server.
                 reason = e.reason if isinstance(e, urllib.error.URLError) else e
-                if time.monotonic() >= end:
+                if watchdog.expired or time.monotonic() >= end:
                     raise DownloadError(f"download of {url} exceeded its deadline of {deadline:g} s after "
                                         f"{received} bytes ({reason!r}); {hint}") from e
                 raise DownloadError(f"download of {url} failed after {received} bytes: {reason!r}") from e
@@ -136,4 +203,5 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0, progr
         os.replace(tmp, dest)
         return dest
     finally:
+        watchdog.timer.cancel()
         tmp.unlink(missing_ok=True)
