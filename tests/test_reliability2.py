@@ -5,6 +5,7 @@ Items 1, 2, 7, 10, 11 and 12 have their tests beside the modules they fixed; the
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -291,3 +292,83 @@ def test_the_download_deadline_covers_the_status_line_and_headers(tmp_path, monk
     finally:
         server.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- item 3: eval --dataset folder checks its images as predict does ---------------------------------------
+
+def _omniglot_folder(data_root: Path, out: Path, kind: str) -> Path:
+    """5 evaluation-set characters x 4 drawings as PNG files in out/<char>/, as drawn ("plain"), already
+    inverted (white ink on black) or tinted as a colour photo."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".png"))
+        by_char: dict[str, list[str]] = {}
+        for n in names:
+            by_char.setdefault(n.rsplit("/", 1)[0], []).append(n)
+        for k, c in enumerate(sorted(by_char)[::40][:5]):
+            (out / f"c{k}").mkdir(parents=True)
+            for j, n in enumerate(by_char[c][:4]):
+                grey = np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("L"))
+                if kind == "inverted":
+                    im = Image.fromarray(255 - grey)
+                elif kind == "colour":
+                    rgb = np.stack([grey, np.full_like(grey, 40 * k), 255 - grey], axis=-1)
+                    im = Image.fromarray(rgb.astype(np.uint8), "RGB")
+                else:
+                    im = Image.fromarray(grey)
+                im.save(out / f"c{k}" / f"{j}.png")
+    return out
+
+
+def test_an_image_folder_is_checked_like_predicts_inputs(data_root, tmp_path, monkeypatch):
+    import warnings
+
+    import metashot
+    from metashot.data.folder import image_folder
+
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "cache"))
+    spec = metashot.load("protonet-omniglot").image_spec
+    assert spec.invert and spec.channels == 1
+    plain = _omniglot_folder(data_root, tmp_path / "plain", "plain")
+    inverted = _omniglot_folder(data_root, tmp_path / "inverted", "inverted")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # drawings as drawn: no warning
+        want = image_folder(plain, spec).images.int()
+    for attempt in ("decoded", "cached"):  # the cached store warns as the first run did
+        with pytest.warns(UserWarning, match="already inverted") as rec:
+            got = image_folder(inverted, spec).images.int()
+        assert len(rec) == 1 and f"20 of 20 images of {inverted}" in str(rec[0].message), attempt
+        assert (got - want).abs().max() <= 1, attempt  # not inverted a second time
+    colour = _omniglot_folder(data_root, tmp_path / "colour", "colour")
+    with pytest.warns(UserWarning, match=f"20 of 20 images of {colour} look like colour photos"):
+        image_folder(colour, spec)
+
+
+def test_eval_on_a_folder_of_inverted_drawings_scores_like_the_plain_one(data_root, tmp_path, monkeypatch,
+                                                                         capsys):
+    from metashot.cli import main
+
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "cache"))
+    accs = {}
+    for kind in ("plain", "inverted"):
+        folder = _omniglot_folder(data_root, tmp_path / kind, kind)
+        with warnings_recorded() as rec:
+            assert main(["eval", "protonet-omniglot", "--dataset", "folder", "--split", str(folder),
+                         "--ways", "5", "--shots", "1", "--queries", "3", "--episodes", "10", "--json"]) == 0
+        accs[kind] = json.loads(capsys.readouterr().out)["acc"]
+        assert any("already inverted" in str(w.message) for w in rec) == (kind == "inverted")
+    assert accs["inverted"] == pytest.approx(accs["plain"], abs=2.0)
+
+
+@contextlib.contextmanager
+def warnings_recorded():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        yield rec

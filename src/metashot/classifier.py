@@ -32,7 +32,14 @@ from PIL import Image
 
 from metashot.algorithms.base import MetaLearner, Predictor
 from metashot.checkpoint import CheckpointError, load_checkpoint
-from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, ImageSpec, preprocess_checked, to_float
+from metashot.data.preprocess import (
+    COLOUR,
+    LIGHT_ON_DARK,
+    ImageSpec,
+    domain_warning,
+    preprocess_checked,
+    to_float,
+)
 from metashot.estimator import EstimatorMixin, NotFittedError  # noqa: F401 (NotFittedError: re-exported)
 from metashot.predict_folder import predict_images_csv, query_images  # noqa: F401 (moved there)
 
@@ -134,20 +141,16 @@ class FewShotClassifier(EstimatorMixin):
 
     def _warn_domain(self, images: Any, notes: list[set[str]], what: str) -> None:
         """One warning for the whole call, naming the inputs that do not look like the checkpoint's domain."""
-        spec = self.image_spec
-        lines = []
-        colour = (f"look like colour photos, but this model takes {spec.size}x{spec.size} grayscale images"
-                  f"{' of drawings' if spec.invert else ''}; its predictions for them are unreliable")
-        inverted = ("are light ink on a dark background (already inverted); this model expects dark ink on "
-                    "white paper, so they were used as they are, not inverted again")
-        for note, says in ((COLOUR, colour), (LIGHT_ON_DARK, inverted)):
+        hits: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for note in (COLOUR, LIGHT_ON_DARK):
             hit = [i for i, n in enumerate(notes) if note in n]
-            if hit:
-                names = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
-                         for i in hit[:5]]
-                lines.append(f"{len(hit)} of {len(notes)} {what} {says} (e.g. {', '.join(names)})")
-        if lines:
-            warnings.warn("; ".join(lines), UserWarning, stacklevel=_caller_level())
+            counts[note] = len(hit)
+            hits[note] = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
+                          for i in hit[:5]]
+        text = domain_warning(self.image_spec, hits, counts, len(notes), what)
+        if text:
+            warnings.warn(text, UserWarning, stacklevel=_caller_level())
 
     def fit(self, images: Any, labels: Sequence[Hashable]) -> FewShotClassifier:
         """Adapt to a new support set (replacing any previous one): PIL images, paths or uint8 arrays (text

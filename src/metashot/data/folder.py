@@ -16,7 +16,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metashot._env import quiet
-from metashot.data.preprocess import DECODER_VERSION, ImageSpec, preprocess
+from metashot.data.preprocess import (
+    COLOUR,
+    DECODER_VERSION,
+    LIGHT_ON_DARK,
+    ImageSpec,
+    domain_warning,
+    preprocess,
+    preprocess_checked,
+)
 from metashot.data.store import ClassStore, cached_store
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -123,12 +131,21 @@ def list_images(root: Path, unreadable: list[Path] | None = None) -> list[Path]:
     return images
 
 
-def decode_files(files: list[Path], spec: ImageSpec, desc: str) -> np.ndarray:
-    """Decode and preprocess ``files`` into uint8 [len(files), C, size, size]; errors name the file."""
+def decode_files(files: list[Path], spec: ImageSpec, desc: str,
+                 notes: list[set[str]] | None = None) -> np.ndarray:
+    """Decode and preprocess ``files`` into uint8 [len(files), C, size, size]; errors name the file.
+
+    ``notes``: when given, users' images are checked as ``metashot predict`` checks them
+    (:func:`~metashot.data.preprocess.preprocess_checked`: an already-inverted drawing is not inverted
+    again, a colour photo for a grayscale model is noted); each file's notes are appended to it."""
     out = np.empty((len(files), spec.channels, spec.size, spec.size), dtype=np.uint8)
     bar = tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500 or quiet())
     for i, f in enumerate(bar):
-        out[i] = preprocess(f, spec, source=str(f))
+        if notes is None:
+            out[i] = preprocess(f, spec, source=str(f))
+        else:
+            out[i], n = preprocess_checked(f, spec, source=str(f))
+            notes.append(n)
     return out
 
 
@@ -143,9 +160,25 @@ def image_folder(root: str | Path, spec: ImageSpec, cache_dir: Path | None = Non
     names = list(classes)
     counts = [len(classes[n]) for n in names]
 
-    def build() -> tuple[np.ndarray, list[int], list[str]]:
-        return decode_files(files, spec, f"decode {Path(root).name}"), counts, names
+    meta: dict = {"dataset": "folder", "name": str(root), "image_spec": spec.to_dict()}
 
-    params = {"spec": spec.to_dict(), "root": str(Path(root).resolve()), "decoder": DECODER_VERSION}
-    meta = {"dataset": "folder", "name": str(root), "image_spec": spec.to_dict()}
-    return cached_store(f"folder-{spec.size}", files, params, build, meta=meta, cache_dir=cache_dir)
+    def build() -> tuple[np.ndarray, list[int], list[str]]:
+        notes: list[set[str]] = []
+        images = decode_files(files, spec, f"decode {Path(root).name}", notes)
+        # kept with the cached store, so every later run warns as the first one did
+        meta["input_notes"] = {note: {"count": sum(note in n for n in notes),
+                                      "examples": [str(f) for f, n in zip(files, notes, strict=True)
+                                                   if note in n][:5]}
+                               for note in (COLOUR, LIGHT_ON_DARK)}
+        return images, counts, names
+
+    # ("checks": users' images are decoded with predict's input checks; older stores are rebuilt)
+    params = {"spec": spec.to_dict(), "root": str(Path(root).resolve()), "decoder": DECODER_VERSION,
+              "checks": 1}
+    store = cached_store(f"folder-{spec.size}", files, params, build, meta=meta, cache_dir=cache_dir)
+    found = store.meta.get("input_notes") or {}
+    text = domain_warning(spec, {k: v["examples"] for k, v in found.items()},
+                          {k: v["count"] for k, v in found.items()}, len(files), f"images of {root}")
+    if text:
+        warnings.warn(text, UserWarning, stacklevel=2)
+    return store

@@ -189,6 +189,22 @@ def preprocess_checked(image: Any, spec: ImageSpec, source: str = "image") -> tu
     return _preprocess(image, spec, source, check=True)
 
 
+def domain_warning(spec: ImageSpec, hits: dict[str, list[str]], counts: dict[str, int], total: int,
+                   what: str) -> str | None:
+    """The one warning for a set of ``total`` inputs of which ``counts[note]`` got each note of
+    :func:`preprocess_checked` (``hits[note]``: a few of their names), or None when none did. The same words
+    for every caller: ``predict``, the Python API and image folders (``eval --dataset folder``)."""
+    says = {
+        COLOUR: (f"look like colour photos, but this model takes {spec.size}x{spec.size} grayscale images"
+                 f"{' of drawings' if spec.invert else ''}; its predictions for them are unreliable"),
+        LIGHT_ON_DARK: ("are light ink on a dark background (already inverted); this model expects dark ink "
+                        "on white paper, so they were used as they are, not inverted again"),
+    }
+    lines = [f"{counts[note]} of {total} {what} {text} (e.g. {', '.join(hits[note][:5])})"
+             for note, text in says.items() if counts.get(note)]
+    return "; ".join(lines) if lines else None
+
+
 def _preprocess(image: Any, spec: ImageSpec, source: str, check: bool) -> tuple[np.ndarray, set[str]]:
     notes: set[str] = set()
     if source == "image" and isinstance(image, (str, Path)):
