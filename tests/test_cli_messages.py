@@ -192,13 +192,22 @@ def test_models_lists_every_bundled_model_with_its_card(capsys: pytest.CaptureFi
 
     names = bundled_names()
     assert {"photos", "protonet-omniglot", "maml-trpo-navigation2d"} <= set(names)
-    assert main(["models"]) == 0
-    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
-    assert set(lines) == set(names)
-    for name, line in lines.items():
-        assert line.count(" | ") == 3, f"{name}: domain | input | training | figure, got {line}"
-    assert "82.36 / 94.74 %" in lines["photos"] and "98.01 %" in lines["protonet-omniglot"]
-    assert "-3.02" in lines["maml-trpo-navigation2d"]
+    from metashot.classifier import bundled_models
+
+    assert main(["models"]) == 0  # a table within 100 columns, long figures on indented lines
+    table = capsys.readouterr().out.splitlines()
+    assert max(len(ln) for ln in table) <= 100, table
+    assert [ln.split()[0] for ln in table[1:] if not ln.startswith(" ")] == names
+    assert main(["models", "--long"]) == 0  # every field of every card, wrapped within 100 columns
+    out = capsys.readouterr().out
+    assert max(len(ln) for ln in out.splitlines()) <= 100
+    flat = " ".join(out.split())
+    for row in bundled_models():
+        fields = row["card"].split(" | ")
+        assert len(fields) == 4, f"{row['name']}: domain | input | training | figure, got {row['card']}"
+        for field in fields:
+            assert " ".join(field.split()) in flat, (row["name"], field)
+    assert "98.01 %" in flat and "-3.02" in flat
     assert main(["models", "--json"]) == 0
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == names
 

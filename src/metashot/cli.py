@@ -9,10 +9,11 @@ import os
 import sys
 from typing import Any
 
-import torch
-
 from metashot import __version__
+from metashot.devices import check_device
 from metashot.os_errors import os_error_line
+
+# torch is imported by the commands that use it, not here: `metashot --version` and `--help` stay instant.
 
 SET_HELP = "override a config value, e.g. --set train.seed=1 (repeatable; the value is read as YAML)"
 QUIET_HELP = ("no progress bars, including the one-off bars that decode a dataset into its cache and the "
@@ -48,19 +49,14 @@ def _dirichlet(text: str) -> float:
 def _check_device(device: Any, where: str) -> None:
     """A one-line error for a device this machine does not have (torch raises an AssertionError for CUDA on
     a CPU-only build, mid-run)."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"{where}: {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{where}: device {device!r}, but CUDA is not available here (this PyTorch build "
-                         f"has no CUDA support, or no GPU is visible); use cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"{where}: device {device!r}, but {torch.cuda.device_count()} GPU(s) are visible")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{where}: device {device!r}, but Apple's MPS is not available here; use cpu")
+    check_device(device, where)
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
@@ -96,8 +92,7 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.evaluate import evaluate_checkpoint
 
-    if a.threads is not None:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     settings: dict[str, Any] = {}
     if a.path:
         settings["vectorized"] = a.path == "vectorized"
@@ -157,8 +152,7 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
     """Sinusoid MSE after 1/5/10 fine-tuning steps on K points; optional Figure-2-like PNG."""
     from metashot.sinusoid_eval import evaluate_checkpoints
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     report = evaluate_checkpoints({"MAML": a.checkpoint, "pretrained": a.baseline}, a.shots, a.steps, a.tasks,
                                   a.queries, a.seed, a.inner_lr, a.plot, a.device)
     print(json.dumps(report, indent=None if a.json else 2))
@@ -168,8 +162,7 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
 def _cmd_lake(a: argparse.Namespace) -> int:
     from metashot.lake import evaluate_checkpoint, evaluate_mhd, select_runs
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     if (a.checkpoint is None) == (a.baseline is None):
         raise ValueError("give either a CHECKPOINT or --baseline mhd (not both)")
     runs = select_runs(a.root, a.val, a.runs)
@@ -204,7 +197,7 @@ def _cmd_rl_train(a: argparse.Namespace) -> int:
 def _cmd_rl_eval(a: argparse.Namespace) -> int:
     from metashot.rl.evaluation import draw, evaluate_policies, load_policies, parse_step_sizes, returns_line
 
-    torch.set_num_threads(a.threads)
+    _set_threads(a.threads)
     if not a.checkpoints and not a.random:
         raise ValueError("eval: give one or more CHECKPOINTs and/or --random")
     loaded = load_policies(a.checkpoints, a.random, a.random_seed, a.env)
@@ -231,16 +224,15 @@ def _cmd_app(a: argparse.Namespace) -> int:
 
 
 def _cmd_models(a: argparse.Namespace) -> int:
-    """The bundled checkpoints, each with its card: domain | input | training | measured figure."""
+    """The bundled checkpoints: a table of name, domain and measured figure; --long: every card field."""
+    from metashot.cards import models_table
     from metashot.classifier import bundled_models
 
     rows = bundled_models()
     if a.json:
         print(json.dumps(rows))
     else:
-        width = max((len(r["name"]) for r in rows), default=0)
-        for r in rows:
-            print(f"{r['name']:{width}s}  {r['card']}")
+        print("\n".join(models_table(rows, a.long)))
     return 0
 
 
@@ -265,6 +257,8 @@ _GROUPS = {"sinusoid": "sinusoid regression (MAML section 5.1): train / eval",
            "rl": "meta-reinforcement learning (MAML-TRPO): train / eval", "data": "dataset utilities"}
 COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]]] = [
     (("models",), "the bundled models: domain, input, training data and measured figure", _cmd_models, [
+        ("--long", dict(action="store_true", help="every field of each card (domain, input, training, "
+                        "measured figure) and its folder, instead of the table")),
         ("--json", dict(action="store_true", help="print one JSON list of {name, card, path}"))]),
     (("train",), "meta-train from a YAML config", _cmd_train, [
         ("config", dict(nargs="?", help="YAML config (optional with --resume: the run's own config)")),

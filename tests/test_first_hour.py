@@ -1,0 +1,48 @@
+"""Issue 29, the first hour: an instant --version, a models table that fits a terminal, one-line errors and
+warnings, and eval on a user's folder with its own class count."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from metashot.cli import main
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def test_version_and_help_import_no_torch() -> None:
+    """`metashot --version` (and `import metashot`) never import torch: they answer at once."""
+    out = _python("import sys\nfrom metashot.cli import main\ntry:\n    main(['--version'])\n"
+                  "except SystemExit as e:\n    assert e.code == 0\n"
+                  "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
+    assert out.splitlines() == ["metashot 0.1.0", "[]"]
+
+
+def test_lazy_package_keeps_its_public_names() -> None:
+    """The lazy package still gives the function metashot.evaluate after the module of that name was imported
+    first, and its submodules as attributes."""
+    out = _python("import metashot\nimport metashot.evaluate\nfrom metashot import evaluate, load\n"
+                  "print(callable(evaluate), evaluate.__module__, metashot.evaluate is evaluate,"
+                  " load.__name__, metashot.checkpoint.__name__)")
+    assert out.split() == ["True", "metashot.evaluate", "True", "load", "metashot.checkpoint"]
+
+
+def test_models_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """The table fits 100 columns (the cards once ran to 300 characters); --long gives every field."""
+    from metashot.checkpoint import bundled_names
+
+    names = bundled_names()
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert max(map(len, table)) <= 100 and table[0].split()[:2] == ["name", "domain"]
+    assert len(table) > len(names)  # long figures wrap onto indented lines instead of running on
+    assert main(["models", "--long"]) == 0
+    long = capsys.readouterr().out.splitlines()
+    assert max(map(len, long)) <= 100
+    for field in ("domain:", "input:", "training:", "measured:", "path:"):
+        assert sum(ln.startswith(f"  {field}") for ln in long) == len(names), field
