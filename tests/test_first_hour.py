@@ -46,3 +46,20 @@ def test_models_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> No
     assert max(map(len, long)) <= 100
     for field in ("domain:", "input:", "training:", "measured:", "path:"):
         assert sum(ln.startswith(f"  {field}") for ln in long) == len(names), field
+
+
+def test_load_on_a_missing_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """metashot.load(name, device="cuda") without CUDA: the CLI's one-line error, not torch's traceback."""
+    import torch
+
+    import metashot
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as e:
+        metashot.load("protonet-omniglot", device="cuda")
+    msg = str(e.value)
+    assert "\n" not in msg and "CUDA is not available" in msg and "device='cpu'" in msg, msg
+    assert "protonet-omniglot" in msg
+    with pytest.raises(ValueError, match="not a torch device"):
+        metashot.load("protonet-omniglot", device="gpu0")
+    assert str(metashot.load("protonet-omniglot", device="cpu").device) == "cpu"

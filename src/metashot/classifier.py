@@ -313,8 +313,11 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", *, pretra
     rebuilt by name, or by ``model``, and checked against the recorded digest); or ``timm/<name>``, any timm
     model as a SimpleShot classifier (``pretrained``: True for the packaged or hub weights, a local weights
     file, or False; offline, a model that needs the hub fails at once)."""
+    from metashot.devices import check_device
     from metashot.fitted import is_fitted_folder, load_fitted
 
+    if isinstance(device, str):  # one line for a device this machine lacks, as the CLI's --device
+        check_device(device, f"metashot.load({str(name_or_path)!r})", fix="use device='cpu'")
     if is_fitted_folder(name_or_path):
         return load_fitted(name_or_path, device, model)
     source = str(name_or_path)
