@@ -63,3 +63,24 @@ def test_load_on_a_missing_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ValueError, match="not a torch device"):
         metashot.load("protonet-omniglot", device="gpu0")
     assert str(metashot.load("protonet-omniglot", device="cpu").device) == "cpu"
+
+
+def test_cli_warnings_are_one_clean_line(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning during a command is `metashot CMD: warning: ...` alone: no file, line number or source."""
+    import warnings
+
+    import metashot.classifier
+
+    def warns() -> list:
+        warnings.warn("2 of 5 fit images look like colour photos;\n  this model reads drawings", stacklevel=1)
+        warnings.warn("an old option", DeprecationWarning, stacklevel=1)
+        return []
+
+    monkeypatch.setattr(metashot.classifier, "bundled_models", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(["models"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["metashot models: warning: 2 of 5 fit images look like colour photos; this model reads "
+                   "drawings", "metashot models: warning (DeprecationWarning): an old option"], err

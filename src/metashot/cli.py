@@ -11,6 +11,7 @@ from typing import Any
 
 from metashot import __version__
 from metashot.devices import check_device
+from metashot.messages import one_line_warnings
 from metashot.os_errors import os_error_line
 
 # torch is imported by the commands that use it, not here: `metashot --version` and `--help` stay instant.
@@ -419,7 +420,8 @@ def main(argv: list[str] | None = None) -> Any:
         os.environ["METASHOT_QUIET"] = "1"
     try:
         _check_device(a.__dict__.get("device"), "--device")
-        rc = a.func(a)
+        with one_line_warnings(f"metashot {a.command}"):  # no file name or source line
+            rc = a.func(a)
         sys.stdout.flush()  # a closed pipe (metashot ... | head) shows up here, not at interpreter exit
         return rc
     except BrokenPipeError:
