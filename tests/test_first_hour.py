@@ -84,3 +84,45 @@ def test_cli_warnings_are_one_clean_line(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err.splitlines()
     assert err == ["metashot models: warning: 2 of 5 fit images look like colour photos; this model reads "
                    "drawings", "metashot models: warning (DeprecationWarning): an old option"], err
+
+
+def _drawings(root, classes: int, per_class: int = 3):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c:02d}").mkdir(parents=True)
+        for i in range(per_class):
+            ink = rng.random((28, 28)) < 0.15
+            Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).save(root / f"c{c:02d}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("classes", "ways"), [(3, 3), (10, 10), (25, 20)])
+def test_eval_folder_defaults_to_its_class_count(tmp_path, capsys: pytest.CaptureFixture[str], classes: int,
+                                                 ways: int) -> None:
+    """`eval --dataset folder` without --ways: the folder's classes, up to 20 (it was 5-way, and 3 failed)."""
+    import json
+
+    folder = _drawings(tmp_path / "labelled", classes)
+    args = ["eval", "protonet-omniglot", "--dataset", "folder", "--split", str(folder), "--shots", "1",
+            "--queries", "1", "--episodes", "4", "--json", "--quiet"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["ways"] == ways
+    assert main([*args, "--ways", "2"]) == 0  # --ways still sets it
+    assert json.loads(capsys.readouterr().out)["ways"] == 2
+
+
+def test_eval_folder_of_one_class_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _drawings(tmp_path / "one", 1)
+    assert main(["eval", "protonet-omniglot", "--dataset", "folder", "--split", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least 2 classes" in err and str(folder) in err, err
+
+
+def test_eval_help_states_the_folder_default() -> None:
+    from metashot.cli import build_parser
+
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["eval"].format_help().split())
+    assert "with --dataset folder, the folder's class count up to 20" in help_text

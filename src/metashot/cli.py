@@ -90,8 +90,29 @@ def _cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+FOLDER_MAX_WAYS = 20  # eval --dataset folder without --ways: the folder's class count, up to this
+
+
+def _folder_ways(split: str | None, root: str | None) -> int | None:
+    """The default ways of ``eval --dataset folder``: every class subfolder of the folder, up to
+    FOLDER_MAX_WAYS (None when the folder is not there: the loader's error names it)."""
+    from pathlib import Path
+
+    path = Path(split or "")
+    path = Path(root) / path if root and not path.is_absolute() else path
+    if split is None or not path.is_dir():
+        return None
+    n = sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    if n == 1:
+        raise ValueError(f"--split {path}: one class subfolder; an episode needs at least 2 classes")
+    return min(n, FOLDER_MAX_WAYS) if n else None
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.evaluate import evaluate_checkpoint
+
+    if a.dataset == "folder" and a.ways is None:
+        a.ways = _folder_ways(a.split, a.root)
 
     _set_threads(a.threads)
     settings: dict[str, Any] = {}
@@ -272,7 +293,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                 "(default: the checkpoint's training dataset)")),
         ("--split", dict(help="split to evaluate on (default: the config's test split)")),
         ("--root", dict(help="data root (default $METASHOT_DATA, else ~/.cache/metashot/data)")),
-        ("--ways", dict(type=_positive_int, help="classes per episode (default: the config's eval.ways)")),
+        ("--ways", dict(type=_positive_int, help="classes per episode (default: the config's eval.ways; with "
+                        f"--dataset folder, the folder's class count up to {FOLDER_MAX_WAYS})")),
         ("--shots", dict(type=_positive_int, help="labelled examples per class in each support set "
                                                   "(default: the config's eval.shots)")),
         ("--queries", dict(type=_positive_int, help="query examples per class in each episode (default: the "
