@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,67 @@ def warnings_recorded():
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         yield rec
+
+
+# -- item 4 (and "an unreadable query root"): a folder that cannot be listed is never skipped silently
+
+def _blocked_scandir(monkeypatch, *blocked: Path) -> None:
+    """The tests run as root, who reads any folder: an unreadable one is simulated."""
+    real = os.scandir
+
+    def scandir(path=".", *a, **k):  # type: ignore[no-untyped-def]
+        if Path(path) in blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def _query_tree(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    q = tmp_path / "q"
+    (q / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.png", "sub/x.png"):
+        Image.new("L", (28, 28), 255).save(q / name)
+    return q
+
+
+def test_an_unreadable_query_subfolder_is_an_error_or_listed(tmp_path, monkeypatch):
+    from metashot.data.folder import list_images
+
+    q = _query_tree(tmp_path)
+    assert list_images(q) == [q / "a.png", q / "b.png", q / "sub" / "x.png"]
+    _blocked_scandir(monkeypatch, q / "sub")
+    with pytest.raises(PermissionError, match=f"subfolder {q / 'sub'} cannot be read"):
+        list_images(q)
+    unreadable: list[Path] = []
+    assert list_images(q, unreadable) == [q / "a.png", q / "b.png"]
+    assert unreadable == [q / "sub"]  # named with the unreadable files (predict: one error or warning)
+
+
+def test_predict_names_an_unreadable_query_subfolder_and_root(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from metashot.cli import main
+
+    support = tmp_path / "s"
+    for k, c in enumerate(("a", "b")):
+        (support / c).mkdir(parents=True)
+        im = Image.new("L", (28, 28), 255)
+        im.paste(0, (4 + 10 * k, 4, 14 + 10 * k, 24))  # dark ink on white paper
+        im.save(support / c / "1.png")
+    q = _query_tree(tmp_path)
+    _blocked_scandir(monkeypatch, q / "sub")
+    assert main(["predict", "protonet-omniglot", "--support", str(support), "--query", str(q)]) == 2
+    err = capsys.readouterr().err
+    assert str(q / "sub") in err and err.count("\n") == 1, err
+    out = tmp_path / "rows.csv"
+    assert main(["predict", "protonet-omniglot", "--support", str(support), "--query", str(q),
+                 "--output", str(out), "--skip-unreadable"]) == 0
+    assert str(q / "sub") in capsys.readouterr().err  # in the one warning
+    assert f"{q / 'sub'},,,unreadable" in out.read_text()  # and its row says it could not be read
+    _blocked_scandir(monkeypatch, q)
+    assert main(["predict", "protonet-omniglot", "--support", str(support), "--query", str(q)]) == 2
+    err = capsys.readouterr().err
+    assert f"query folder {q} cannot be read" in err and "holds no images" not in err, err

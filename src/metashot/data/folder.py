@@ -9,6 +9,7 @@ an error naming the file: nothing is skipped silently.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def list_images(root: Path, unreadable: list[Path] | None = None) -> list[Path]:
 
     The same rules as :func:`list_folder`: hidden entries are not data; files with other suffixes are skipped
     with ONE warning that names every one of them; an image entry that cannot be read (a broken link, not a
-    regular file) is an error naming it, and so is a corrupt image when it is decoded. With ``unreadable``
-    given, such entries are appended to it (in sorted order) instead of raising, and not returned.
+    regular file) is an error naming it, and so is a corrupt image when it is decoded, and a subfolder that
+    cannot be listed (no permission). With ``unreadable`` given, such entries (and such subfolders) are
+    appended to it (in sorted order) instead of raising, and not returned.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or an image entry is a broken link / not a regular file.
+        PermissionError: ``root``, or (without ``unreadable``) a subfolder, cannot be listed.
         ValueError: ``root`` holds no images.
     """
     root = Path(root)
@@ -110,12 +113,28 @@ def list_images(root: Path, unreadable: list[Path] | None = None) -> list[Path]:
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise FileNotFoundError(f"query folder {root} {what}")
     images, skipped = [], []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or p.is_dir():
+    blocked: list[OSError] = []  # folders that cannot be listed (no permission): never skipped silently
+    found: list[Path] = []
+    for top, dirs, files in os.walk(root, onerror=blocked.append):  # (links to folders are not followed)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top) / name for name in files + dirs if not name.startswith(".")]
+    closed: set[Path] = set()
+    for e in blocked:
+        where = Path(e.filename) if e.filename else root
+        if where == root:  # (one line as it is: no errno, so the CLI prints it unchanged)
+            raise PermissionError(f"query folder {root} cannot be read ({e.strerror}); give read and search "
+                                  f"permission to it (chmod u+rx)")
+        if unreadable is None:
+            raise PermissionError(f"query folder {root}: subfolder {where} cannot be read ({e.strerror}); "
+                                  f"give read permission to it (chmod u+rx) or move it out")
+        closed.add(where)
+    for p in sorted(found):
+        if p in closed:
+            unreadable.append(p)  # type: ignore[union-attr]  (named with the unreadable files)
+        elif p.is_dir():
             continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(str(rel))
+        elif p.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(str(p.relative_to(root)))
         elif not p.is_file() and unreadable is not None:
             unreadable.append(p)
         elif not p.is_file():
