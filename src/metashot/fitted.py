@@ -270,15 +270,20 @@ def read_description(path: str | Path) -> dict[str, Any]:
     return desc
 
 
-def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> Any:
-    """Rebuild a saved classifier: its model by name (or ``model``), checked against the recorded digest."""
-    from metashot.classifier import load
+def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
+                base: Any = None) -> Any:
+    """Rebuild a saved classifier: its model by name (or ``model``, or the already loaded unfitted
+    classifier ``base``, whose learner is shared), checked against the recorded digest."""
+    from metashot.classifier import FewShotClassifier, load
 
     path = Path(path)
     desc = read_description(path)
     rec = desc["model"]
     name = model or rec.get("name")
-    base = load(name, device, **(rec.get("load_args") or {}))
+    if base is not None:
+        base = FewShotClassifier(**dict(base.get_params(), device=device))
+    else:
+        base = load(name, device, **(rec.get("load_args") or {}))
     digest = model_digest(base)
     if digest != rec.get("digest"):
         raise CheckpointError(f"saved classifier {path} was fitted on model {rec.get('name')!r} with "
