@@ -361,8 +361,10 @@ def test_eval_on_a_folder_of_inverted_drawings_scores_like_the_plain_one(data_ro
         with warnings_recorded() as rec:
             assert main(["eval", "protonet-omniglot", "--dataset", "folder", "--split", str(folder),
                          "--ways", "5", "--shots", "1", "--queries", "3", "--episodes", "10", "--json"]) == 0
-        accs[kind] = json.loads(capsys.readouterr().out)["acc"]
-        assert any("already inverted" in str(w.message) for w in rec) == (kind == "inverted")
+        out = capsys.readouterr()
+        accs[kind] = json.loads(out.out)["acc"]
+        said = "already inverted" in out.err or any("already inverted" in str(w.message) for w in rec)
+        assert said == (kind == "inverted")  # (the CLI may print warnings itself)
     assert accs["inverted"] == pytest.approx(accs["plain"], abs=2.0)
 
 
@@ -437,3 +439,35 @@ def test_predict_names_an_unreadable_query_subfolder_and_root(tmp_path, monkeypa
     assert main(["predict", "protonet-omniglot", "--support", str(support), "--query", str(q)]) == 2
     err = capsys.readouterr().err
     assert f"query folder {q} cannot be read" in err and "holds no images" not in err, err
+
+
+# -- item 5: weights of a dtype the model does not declare are refused, even with a matching SHA-256
+
+def _tiny_protonet_checkpoint(tmp_path: Path) -> Path:
+    model = {"algorithm": "protonet", "backbone": "conv4", "algorithm_args": {},
+             "backbone_args": {"in_channels": 1, "hidden": 4, "out_channels": 4, "depth": 2}}
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "ck", build_learner(model), {"model": model})
+
+
+def _rewrite_weights(ck: Path, change) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    from metashot.checkpoint import sha256_file
+
+    state = change(load_file(str(ck / "weights.safetensors")))
+    save_file(state, str(ck / "weights.safetensors"))
+    meta = json.loads((ck / "config.json").read_text())
+    meta["weights_sha256"] = sha256_file(ck / "weights.safetensors")  # a matching digest
+    (ck / "config.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.float64])
+def test_weights_of_another_dtype_are_refused(tmp_path, dtype):
+    ck = _tiny_protonet_checkpoint(tmp_path)
+    load_checkpoint(ck)
+    key = "backbone.0.0.weight"
+    _rewrite_weights(ck, lambda s: {k: v.to(dtype) if k == key else v for k, v in s.items()})
+    want = str(dtype).replace("torch.", "")
+    with pytest.raises(CheckpointError, match=f"'backbone.0.0.weight' as {want} but .* declares float32"):
+        load_checkpoint(ck)

@@ -430,6 +430,15 @@ def load_checkpoint(
                     f"{digest[:16]}...; install the weights it was made with (same package version or file)")
         raise CheckpointError(f"checkpoint {path}: it records pretrained weights {sorted(recorded)} but the "
                               f"rebuilt model has {sorted(ext_digests)}")
+    declared = learner.state_dict()
+    cast = [(k, v.dtype, declared[k].dtype) for k, v in state.items() if k in declared
+            and v.dtype != declared[k].dtype]
+    if cast:  # load_state_dict would cast int8 or bool weights to float without a word
+        k, got, want = cast[0]
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} holds {k!r} as {str(got).replace('torch.', '')} "
+                              f"but the model {model_cfg['algorithm']}/{model_cfg['backbone']} declares "
+                              f"{str(want).replace('torch.', '')} ({len(cast)} tensor(s) of another dtype); "
+                              f"re-create the checkpoint with metashot")
     try:
         missing, unexpected = learner.load_state_dict(state, strict=not ext_keys)
     except RuntimeError as e:
