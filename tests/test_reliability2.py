@@ -471,3 +471,18 @@ def test_weights_of_another_dtype_are_refused(tmp_path, dtype):
     want = str(dtype).replace("torch.", "")
     with pytest.raises(CheckpointError, match=f"'backbone.0.0.weight' as {want} but .* declares float32"):
         load_checkpoint(ck)
+
+
+# -- also: a folder in place of weights.safetensors is named as such -----------------------------------------
+
+def test_a_folder_in_place_of_the_weights_is_not_called_missing(tmp_path):
+    import shutil
+
+    ck = _tiny_protonet_checkpoint(tmp_path)
+    (ck / "weights.safetensors").unlink()
+    (ck / "weights.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="weights.safetensors is a folder, not a file"):
+        load_checkpoint(ck)
+    shutil.rmtree(ck / "weights.safetensors")
+    with pytest.raises(CheckpointError, match="weights.safetensors is missing"):
+        load_checkpoint(ck)

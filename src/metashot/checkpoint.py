@@ -393,6 +393,9 @@ def read_weights(path: Path, meta: dict[str, Any], device: str | torch.device = 
     """The tensors of ``path/file`` (the weights, or the training state's tensors) after checking them against
     the SHA-256 that ``meta[digest_key]`` (read from ``recorded_in``) records."""
     wfile = path / file
+    if wfile.is_dir():
+        raise CheckpointError(f"checkpoint {path}: {file} is a folder, not a file; re-create or re-download "
+                              f"the checkpoint")
     if not wfile.is_file():
         raise CheckpointError(f"checkpoint {path}: {file} is missing")
     digest = sha256_file(wfile)
