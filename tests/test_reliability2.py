@@ -486,3 +486,16 @@ def test_a_folder_in_place_of_the_weights_is_not_called_missing(tmp_path):
     shutil.rmtree(ck / "weights.safetensors")
     with pytest.raises(CheckpointError, match="weights.safetensors is missing"):
         load_checkpoint(ck)
+
+
+# -- also: a shape mismatch names the tensor and both shapes, not "..." -----------------------------------
+
+def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
+    ck = _tiny_protonet_checkpoint(tmp_path)
+    key = "backbone.0.0.weight"
+    _rewrite_weights(ck, lambda s: {k: torch.zeros(8, 1, 3, 3) if k == key else v for k, v in s.items()})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ck)
+    msg = str(e.value)
+    assert f"{key}: [8, 1, 3, 3] in weights.safetensors, [4, 1, 3, 3] in the model" in msg
+    assert "..." not in msg and "\n" not in msg

@@ -434,6 +434,13 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path}: it records pretrained weights {sorted(recorded)} but the "
                               f"rebuilt model has {sorted(ext_digests)}")
     declared = learner.state_dict()
+    shapes = [f"{k}: {list(v.shape)} in {WEIGHTS}, {list(declared[k].shape)} in the model"
+              for k, v in state.items() if k in declared and v.shape != declared[k].shape]
+    if shapes:  # (torch's own message puts these on later lines, which one line would cut)
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match the model {model_cfg['algorithm']}/"
+            f"{model_cfg['backbone']} described in {CONFIG}: {len(shapes)} tensor(s) of another shape, e.g. "
+            f"{'; '.join(shapes[:3])}")
     cast = [(k, v.dtype, declared[k].dtype) for k, v in state.items() if k in declared
             and v.dtype != declared[k].dtype]
     if cast:  # load_state_dict would cast int8 or bool weights to float without a word
@@ -447,7 +454,7 @@ def load_checkpoint(
     except RuntimeError as e:
         raise CheckpointError(
             f"checkpoint {path}: weights do not match the model {model_cfg['algorithm']}/"
-            f"{model_cfg['backbone']} described in {CONFIG}: {str(e).splitlines()[0]} ..."
+            f"{model_cfg['backbone']} described in {CONFIG}: {' '.join(str(e).split())[:500]}"
         ) from e
     # (BatchNorm fills a missing num_batches_tracked itself, so the missing keys are a subset of ext_keys.)
     wrong = sorted(set(missing) - ext_keys)[:3] or sorted(unexpected)[:3]
