@@ -499,3 +499,24 @@ def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     msg = str(e.value)
     assert f"{key}: [8, 1, 3, 3] in weights.safetensors, [4, 1, 3, 3] in the model" in msg
     assert "..." not in msg and "\n" not in msg
+
+
+# -- also: a fresh `metashot train` refuses a used run folder unless --resume or --overwrite
+
+def test_a_fresh_train_refuses_a_used_run_folder(tmp_path, capsys):
+    from metashot.cli import main
+
+    sinusoid = str(Path(__file__).resolve().parents[1] / "configs" / "maml-sinusoid.yaml")
+    run = tmp_path / "run"
+    args = ["train", sinusoid, "--quiet", "--set", "train.steps=1", "--set", f"train.out_dir={run}"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = (run / "final" / "weights.safetensors").read_bytes()
+    assert main(args) == 2  # forgot --resume: nothing is deleted
+    err = capsys.readouterr().err
+    assert f"run folder {run} holds an earlier run" in err and "--resume" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and (run / "final" / "weights.safetensors").read_bytes() == before
+    assert (run / "last").is_dir() and (run / "summary.json").is_file()
+    assert main(args + ["--overwrite"]) == 0  # asked for: a fresh run replaces it
+    assert main(["train", "--resume", str(run), "--quiet", "--set", "train.steps=2"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2

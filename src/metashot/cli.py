@@ -77,6 +77,15 @@ def _cmd_train(a: argparse.Namespace) -> int:
     else:  # the run's own config, with --set overrides (e.g. more train.steps)
         cfg = Config.from_dict(apply_overrides(run_config(a.resume).to_dict(), a.set), source=f"{a.resume}")
     _check_device(cfg.train.device, "train.device")
+    if a.resume is None and not a.overwrite:  # a forgotten --resume must not delete a run's checkpoints
+        from metashot.runs import RunDir
+
+        used = RunDir(cfg.out_dir()).earlier_run()
+        if used:
+            raise ValueError(f"run folder {cfg.out_dir()} holds an earlier run ({', '.join(used)}); "
+                             f"continue it with --resume {cfg.out_dir()}, start afresh there with "
+                             f"--overwrite (deletes them), or train into another folder "
+                             f"(--set train.out_dir=...)")
     summary = train_from_config(cfg, progress=not a.quiet, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
@@ -286,6 +295,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("config", dict(nargs="?", help="YAML config (optional with --resume: the run's own config)")),
         ("--resume", dict(metavar="RUN_DIR",
                           help="continue the run in RUN_DIR from its last/ checkpoint, bit-for-bit")),
+        ("--overwrite", dict(action="store_true", help="start afresh in a run folder that holds an earlier "
+                             "run, deleting its checkpoints (without it, such a folder is refused)")),
         _SET, _QUIET]),
     (("eval",), "accuracy +- 95%% CI on fixed seeded episodes", _cmd_eval, [
         ("checkpoint", dict(help="checkpoint folder, run folder or bundled name")),

@@ -175,6 +175,12 @@ class RunDir:
         self.metrics_file.unlink(missing_ok=True)
         return removed
 
+    def earlier_run(self) -> list[str]:
+        """What an earlier run left here that a fresh run would remove (its checkpoints and summary)."""
+        names = (BEST, FINAL, LAST, SUMMARY)
+        return [f"{n}/" if n != SUMMARY else n for n in names
+                if (self.path / n).exists() or (self.path / n).is_symlink()]
+
     def resumable(self) -> Path:
         """``last/``, the checkpoint a run resumes from; FileNotFoundError naming the folder if it is missing
         (a run folder holds one once training wrote its first checkpoint)."""
