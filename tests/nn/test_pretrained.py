@@ -237,7 +237,8 @@ def test_checkpoint_leaves_out_frozen_weights_and_checks_their_digest(tmp_path):
 @pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins
 def test_an_ensemble_concatenates_normalised_members_and_needs_one_pipeline():
     torch.manual_seed(0)
-    bb = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, power=0.5, image_size=48)
+    bb = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, power=0.5, image_size=48,
+                        precision="fp32")  # (float32 arithmetic; bf16: tests/test_precision.py)
     assert bb.image_spec.size == 48 and bb.model_name == "test_efficientnet_gn+test_convnext"
     x = torch.rand(2, 3, 48, 48)
     z = bb.features(x)

@@ -219,8 +219,12 @@ class TimmBackbone(nn.Module):
         dtype = self.compute_dtype(x.device)
         if dtype == torch.bfloat16 and x.dtype == torch.float32:
             # autocast runs convolutions and matmuls in bfloat16 (about 3.5x faster on a CPU with
-            # AVX512-BF16); tests/nn/test_pretrained.py holds its features to the float32 path's.
+            # AVX512-BF16); tests/test_precision.py holds its features to the float32 path's.
             amp: Any = torch.autocast(x.device.type, dtype=torch.bfloat16)
+        elif not self.trainable:
+            # a frozen trunk's dtype is its own (its cache key says which): a caller's autocast (a bf16
+            # training loop) does not turn the float32 reference path into bfloat16
+            amp = torch.autocast(x.device.type, enabled=False)
         else:
             amp = contextlib.nullcontext()
         with torch.no_grad() if not self.trainable else contextlib.nullcontext(), amp:
@@ -303,6 +307,8 @@ class ConcatTrunk(nn.Module):
         parts = []
         for m in self.members:
             z = m(x)
+            if z.dtype in (torch.bfloat16, torch.float16):  # transform and normalise in float32
+                z = z.float()
             if self.power is not None:
                 z = power_transform(z, self.power)
             parts.append(F.normalize(z, dim=-1))

@@ -1,0 +1,186 @@
+"""Inference precision of pretrained backbones (issue 26 item 1): which dtype the frozen trunk runs in
+(``precision``, ``$METASHOT_PRECISION``, what the CPU supports), and the bundled `photos` model in bfloat16
+held to its float32 reference path on real photos."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashot.nn import pretrained as P
+
+
+class Spy(nn.Module):
+    """A stand-in trunk that records whether it ran under CPU autocast, and computes a linear map
+    (an op autocast runs in bfloat16)."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(dim, 3, generator=torch.Generator().manual_seed(0)))
+        self.num_features = dim
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return F.linear(x.mean((2, 3)), self.weight)
+
+
+def spy_backbone(precision: str, trainable: bool = False) -> tuple[P.TimmBackbone, Spy]:
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision=precision,
+                        trainable=trainable)
+    spy = Spy()
+    bb.trunk = spy
+    return bb, spy
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU that computes bfloat16 natively, whatever this one does; no override in the environment."""
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: True)
+
+
+X = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_fp32_never_autocasts(bf16_cpu):
+    bb, spy = spy_backbone("fp32")
+    z = bb.features(X)
+    assert spy.seen == [False] and z.dtype == torch.float32
+    assert bb.compute_dtype() == torch.float32 and bb.trunk_signature.endswith("|float32")
+    # not even inside a caller's bfloat16 autocast (a bf16 training loop around a frozen trunk): the
+    # features of a frozen fp32 trunk are the reference ones its cache key promises
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z2 = bb.features(X)
+    assert spy.seen == [False, False]
+    torch.testing.assert_close(z2, z, rtol=0, atol=0)
+
+
+def test_auto_follows_the_cpu_and_bf16_returns_float32(bf16_cpu, monkeypatch):
+    bb, spy = spy_backbone("auto")
+    z = bb.features(X)
+    assert spy.seen == [True] and z.dtype == torch.float32 and bb.compute_dtype() == torch.bfloat16
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: False)  # a CPU without native bfloat16
+    bb.features(X)
+    assert spy.seen == [True, False] and bb.compute_dtype() == torch.float32
+
+
+def test_a_trainable_trunk_runs_in_float32_under_its_callers_autocast(bf16_cpu):
+    bb, spy = spy_backbone("bf16", trainable=True)
+    bb.features(X)
+    assert spy.seen == [False] and bb.compute_dtype() == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # train.precision bf16 still reaches it
+        bb.features(X)
+    assert spy.seen == [False, True]
+
+
+@pytest.mark.parametrize(("env", "precision", "autocast"),
+                         [("fp32", "bf16", False), ("fp32", "auto", False), ("bf16", "fp32", True),
+                          ("auto", "fp32", True), (" BF16 ", "fp32", True)])
+def test_metashot_precision_overrides_the_setting(bf16_cpu, monkeypatch, env, precision, autocast):
+    monkeypatch.setenv("METASHOT_PRECISION", env)
+    bb, spy = spy_backbone(precision)
+    assert bb.features(X).dtype == torch.float32
+    assert spy.seen == [autocast]
+    assert bb.trunk_signature.endswith("|bfloat16" if autocast else "|float32")
+
+
+def test_an_ensemble_in_bf16_normalises_its_members_in_float32(monkeypatch):
+    """The members' bfloat16 features are power-transformed, normalised and concatenated in float32: the
+    ensemble's feature has unit norm to float32 rounding (in bfloat16 it was off by 4e-4)."""
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    torch.manual_seed(0)
+    bb = P.TimmBackbone(["test_efficientnet_gn", "test_convnext"], pretrained=False, power=0.5, image_size=48,
+                        precision="bf16")
+    z = bb.features(torch.rand(4, 3, 48, 48))
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(4), rtol=0, atol=2e-6)
+
+
+def test_a_bad_precision_is_one_line_naming_the_setting(monkeypatch):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="fp16")
+    bb, _ = spy_backbone("auto")
+    monkeypatch.setenv("METASHOT_PRECISION", "half")
+    with pytest.raises(ValueError, match="METASHOT_PRECISION must be one of auto, fp32, bf16, got 'half'"):
+        bb.features(X)
+
+
+# --- the bundled `photos` model, float32 vs bfloat16, on real photos ------------------------------------
+
+def _pinned_flowers(data_root: Path, classes: int = 5, per: int = 5) -> list[tuple[str, object]]:
+    """(class, PIL image): the first ``per`` photos of the first ``classes`` Flowers-102 `val` classes
+    (class numbers 1 mod 4), in a fixed order."""
+    from PIL import Image
+
+    path = data_root / "flowers102" / "flowers102_odd.zip"
+    if not path.is_file():
+        pytest.fail(f"test data missing: {path}. Set METASHOT_DATA to the shared data folder "
+                    f"(../shared/data beside the repository)", pytrace=False)
+    z = zipfile.ZipFile(path)
+    by: dict[str, list[str]] = {}
+    for n in sorted(z.namelist()):
+        parts = n.split("/")
+        if len(parts) == 3 and parts[2].endswith(".jpg") and int(parts[1][:3]) % 4 == 1:
+            by.setdefault(parts[1], []).append(n)
+    out = []
+    for c in sorted(by)[:classes]:
+        for n in by[c][:per]:
+            im = Image.open(io.BytesIO(z.read(n)))
+            im.load()
+            out.append((c, im))
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos_and_flowers(data_root):
+    import metashot
+
+    return metashot.load("photos"), _pinned_flowers(data_root)
+
+
+@pytest.mark.slow
+def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monkeypatch):
+    """25 photos (5 Flowers-102 val classes x 5): the bundled backbone's features in bfloat16 at cosine
+    >= 0.999 to float32 for every photo, and a 5-way 1-shot fit/predict on 20 queries gives the same
+    labels."""
+    from metashot.data.preprocess import preprocess, to_float
+
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    clf, items = photos_and_flowers
+    bb = clf.learner.backbone
+    assert isinstance(bb, P.TimmBackbone)
+    x = to_float(torch.from_numpy(np.stack([preprocess(im, clf.image_spec) for _, im in items])))
+    labels = [c for c, _ in items]
+    support = [i for i in range(len(items)) if i % 5 == 0]
+    query = [i for i in range(len(items)) if i % 5]
+    feats, preds, probas = {}, {}, {}
+    try:
+        for precision in ("fp32", "bf16"):
+            bb.precision = precision
+            assert bb.compute_dtype() == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            with torch.inference_mode():
+                feats[precision] = bb.features(x)
+            clf.fit([items[i][1] for i in support], [labels[i] for i in support])
+            preds[precision] = clf.predict([items[i][1] for i in query])
+            probas[precision] = clf.predict_proba([items[i][1] for i in query])
+    finally:
+        bb.precision = "auto"
+    a, b = feats["fp32"], feats["bf16"]
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 did run, and differently
+    cos = F.cosine_similarity(a, b, dim=-1)
+    assert cos.shape == (25,) and cos.min() >= 0.999, cos.tolist()
+    assert list(preds["bf16"]) == list(preds["fp32"])
+    # class probabilities move a little (temperature 10 on support-centred 1-shot prototypes amplifies the
+    # rounding: 0.049 at most when written), never enough to change a label
+    np.testing.assert_allclose(probas["bf16"], probas["fp32"], atol=0.1)
+    # and the labels they agree on are mostly right (17 of 20 when written): not agreement on noise
+    correct = sum(p == labels[i] for p, i in zip(preds["fp32"], query, strict=True))
+    assert correct >= 14
