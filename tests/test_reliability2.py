@@ -520,3 +520,21 @@ def test_a_fresh_train_refuses_a_used_run_folder(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0  # asked for: a fresh run replaces it
     assert main(["train", "--resume", str(run), "--quiet", "--set", "train.steps=2"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+# -- also: --seed -1 names its flag; --threshold nan / -5 are refused -------------------------------------
+
+@pytest.mark.parametrize("args, flag", [
+    (["eval", "protonet-omniglot", "--seed", "-1"], "--seed"),
+    (["predict", "protonet-omniglot", "--support", "s", "--query", "q", "--threshold", "nan"], "--threshold"),
+    (["predict", "protonet-omniglot", "--support", "s", "--query", "q", "--threshold", "-5"], "--threshold"),
+    (["predict", "protonet-omniglot", "--support", "s", "--query", "q", "--threshold", "inf"], "--threshold"),
+])
+def test_bad_seed_and_threshold_name_their_flag(capsys, args, flag):
+    from metashot.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}:" in err and "Traceback" not in err, err

@@ -23,6 +23,29 @@ QUIET_HELP = ("no progress bars, including the one-off bars that decode a datase
 SETTING_FLAGS = {"vectorized": "--path", "inner_steps_test": "--inner-steps", "inner_lr": "--inner-lr"}
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed, an integer >= 0 (argparse names the flag in the error)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def _threshold(text: str) -> float:
+    """argparse type: a finite number in [-1, 1] (a confidence in [0, 1] or a cosine score in [-1, 1])."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1.0 <= v <= 1.0:  # (also refuses nan and inf)
+        raise argparse.ArgumentTypeError(f"must be a number in [-1, 1] (a confidence or a cosine score), "
+                                         f"got {text!r}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 or a negative count is an error, never "use the default")."""
     try:
@@ -312,7 +335,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                                     "config's eval.queries)")),
         ("--episodes", dict(type=_positive_int, help="number of fixed test episodes (default: the config's "
                             "eval.episodes; 1000 on Omniglot, the ProtoNet paper's protocol)")),
-        ("--seed", dict(type=int, help="seed of the test episodes: the same seed gives the same episodes "
+        ("--seed", dict(type=_seed, help="seed of the test episodes: the same seed gives the same episodes "
                                        "(default: the config's eval.seed)")),
         ("--meta-batch", dict(type=_positive_int, help="episodes per forward pass (default: the config's "
                               "eval.meta_batch); lower it when a large setting (e.g. a Relation Net at 20 "
@@ -342,7 +365,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                                "checkpoints: a UTF-8 CSV with text,label columns)")),
         ("--query", dict(required=True, help="an image file or a folder of images to classify (text check"
                          "points: a CSV with a text column, or a text file with one sentence per line)")),
-        ("--threshold", dict(type=float, help="text checkpoints: label 'oos' (out of scope) when the "
+        ("--threshold", dict(type=_threshold, help="text checkpoints: label 'oos' (out of scope) when the "
                                               "confidence is below this; photo models: label 'unknown' when "
                                               "the known-class score (cosine to the nearest class mean) is "
                                               "below this (implies --unknown; default: the model's own "
@@ -372,7 +395,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--baseline", dict(help="a pretrained-on-all-tasks checkpoint (inner_steps=0) to compare")),
         ("--shots", dict(type=int, default=5)), ("--steps", dict(type=int, nargs="+", default=[1, 5, 10])),
         ("--tasks", dict(type=int, default=600)), ("--queries", dict(type=int, default=100)),
-        ("--seed", dict(type=int, default=4321)),
+        ("--seed", dict(type=_seed, default=4321)),
         ("--inner-lr", dict(type=float, help="override the fine-tuning step size")),
         ("--plot", dict(help="write a Figure-2-like PNG here (needs matplotlib)")),
         _DEVICE, ("--threads", dict(type=int)), _JSON]),
@@ -391,7 +414,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
     (("rl", "eval"), "average return on new tasks after 0, 1, 2, 3 adaptation steps", _cmd_rl_eval, [
         ("checkpoints", dict(nargs="*", metavar="CHECKPOINT", help="run folders or checkpoint folders")),
         ("--random", dict(action="store_true", help="also evaluate a randomly initialised policy")),
-        ("--random-seed", dict(type=int, default=0)),
+        ("--random-seed", dict(type=_seed, default=0)),
         ("--env", dict(default="navigation2d", help="environment for --random without a checkpoint")),
         ("--tasks", dict(type=int, help="number of test tasks (default: the config's, 40)")),
         ("--trajectories", dict(type=int, help="trajectories per task and step (default 40)")),
@@ -400,7 +423,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                             help="step size per adaptation step (the last repeats), for every policy")),
         ("--lr-of", dict(action="append", default=[], metavar="LABEL=LR[,LR...]", help="step sizes of one "
                          "policy (label: its folder name, or random-init); repeatable")),
-        ("--seed", dict(type=int, help="seed of the test tasks (default: the config's)")),
+        ("--seed", dict(type=_seed, help="seed of the test tasks (default: the config's)")),
         ("--threads", dict(type=int, default=1)),
         ("--plot", dict(help="PNG of return vs adaptation steps (needs matplotlib)")),
         ("--paper-reference", dict(action="store_true", help="draw the paper's rows (2D navigation: MAML, "
