@@ -22,6 +22,8 @@ R = Path("results")
 Row = tuple[list[str], list[str]]  # (label cells, value cells)
 Table = tuple[list[str], list[Row], list[str]]  # (header, rows, notes)
 TEXT_FIGURES = "(figures quoted in the section's text, not a table there)"
+# Two-sided 95% quantiles of Student's t by degrees of freedom (t-intervals over seeds or runs).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 49: 2.010}
 
 
 def read(*names: str) -> list[dict]:
@@ -126,24 +128,33 @@ def resnet12() -> Table | None:
 
 
 def maml_l2l() -> Table | None:
+    """Medians over the interleaved rounds, the ratio of the medians, and the range of the per-round ratios
+    (a round: one run of each variant, in file order)."""
     recs = read("maml/l2l_side_by_side_A.jsonl")
     if not recs:
         return None
     runs: dict[tuple[bool, str], list[float]] = {}
+    iters: dict[str, set[int]] = {}
     for r in recs:
         ours = "bn-bwd" if r.get("analytic_bn") else "plain"
         who = "l2l" if r["benchmark"] == "maml-learn2learn" else ours
         runs.setdefault((r["first_order"], who), []).append(r["tasks_per_s"])
+        iters.setdefault("l2l" if who == "l2l" else "ours", set()).add(r["iters"])
     med = {k: statistics.median(v) for k, v in runs.items()}
     rows = []
     for fo, ours, label in ((False, "plain", "second order"),
                             (True, "bn-bwd", "first order (the batch norm with a hand-written backward)")):
+        per_round = [a / b for a, b in zip(runs[(fo, ours)], runs[(fo, "l2l")], strict=True)]
         rows.append(([label], [f"{med[(fo, ours)]:.2f}", f"{med[(fo, 'l2l')]:.2f}",
-                               f"{med[(fo, ours)] / med[(fo, 'l2l')]:.2f}x"]))
+                               f"{med[(fo, ours)] / med[(fo, 'l2l')]:.2f}x",
+                               f"{min(per_round):.2f}-{max(per_round):.2f}x"]))
     notes = [f"other medians: second order with the hand-written batch-norm backward "
              f"{med.get((False, 'bn-bwd'), float('nan')):.2f}, first order with the plain formula "
-             f"{med.get((True, 'plain'), float('nan')):.2f} tasks/s ({len(runs[(False, 'l2l')])} rounds)"]
-    return ["A", "metashot, tasks/s", "learn2learn, tasks/s", "ratio"], rows, notes
+             f"{med.get((True, 'plain'), float('nan')):.2f} tasks/s ({len(runs[(False, 'l2l')])} rounds); "
+             f"timed iterations per run: metashot {sorted(iters['ours'])}, "
+             f"learn2learn {sorted(iters['l2l'])}"]
+    head = ["A", "metashot, tasks/s", "learn2learn, tasks/s", "ratio of medians", "per-round ratios"]
+    return head, rows, notes
 
 
 def maml_compile() -> Table | None:
@@ -193,16 +204,41 @@ def _fullway_label(r: dict) -> str:
     return f"finetune-top, {r['ft_folds']} held-out fold" + ("s" if r["ft_folds"] > 1 else "")
 
 
+# Test-set sizes of the full-way protocol (all test sentences) and the published figures quoted beside ours:
+# Zhang et al. 2021 (CPFT, EMNLP 2021), the 5-/10-shot table; RoBERTa-base classifier and USE+ConveRT rows as
+# that paper reports them. Their run counts and spread are not in our records (see RESULTS.md).
+FULLWAY_TEST = {"banking77": 3080, "clinc150": 4500, "hwu64": 1076}
+PUBLISHED = [("RoBERTa classifier (published)", 5, (74.04, 87.99, 75.56)),
+             ("USE+ConveRT (published)", 5, (77.75, 90.49, 80.01)),
+             ("CPFT (published)", 5, (80.86, 92.34, 82.03)),
+             ("CPFT (published)", 10, (87.20, 94.18, 87.13))]
+
+
+def _acc_ci(acc: float, n: int) -> str:
+    """A test-set accuracy with its exact binomial 95% interval: the count of correct sentences is recovered
+    from the two-decimal percentage (unique for n < 10,000)."""
+    from metashot.stats import binomial_ci
+
+    k = round(acc * n / 100)
+    lo, hi = binomial_ci(k, n)
+    return f"{acc:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
 def text_fullway() -> Table | None:
-    """The full-way table: every method at seed 0 (the finetune-top rows from the seed runs' seed-0 lines)."""
+    """The full-way table: every method at seed 0 (the finetune-top rows from the seed runs' seed-0 lines),
+    each figure with its binomial 95% interval over the test sentences; the published rows likewise."""
     recs = read("text/fullway.jsonl", "text/fullway_ft10.jsonl", "text/fullway_seeds.jsonl")
     full = {(_fullway_label(r), r["shots"], r["dataset"]): r["acc"] for r in recs
             if r.get("protocol") == "fullway" and r.get("seed", 0) == 0}
     if not full:
         return None
-    rows = [([m, str(k)], [f"{full[(m, k, d)]:.2f}" if (m, k, d) in full else "-" for d in DATASETS])
+    rows = [([m, str(k)], [_acc_ci(full[(m, k, d)], FULLWAY_TEST[d]) if (m, k, d) in full else "-"
+                           for d in DATASETS])
             for m, k in sorted({(m, k) for m, k, _ in full}, key=lambda x: (x[1], x[0]))]
-    notes = []
+    rows += [([m, str(k)], [_acc_ci(a, FULLWAY_TEST[d]) for a, d in zip(accs, DATASETS, strict=True)])
+             for m, k, accs in PUBLISHED]
+    notes = ["accuracy over all test sentences (3,080 / 4,500 / 1,076) [exact binomial 95% interval]; for "
+             "a published row, the interval its figure would have on the same test set from one run"]
     if not (R / "text" / "fullway_ft10.jsonl").is_file():
         notes.append("no record for the finetune-top 10-shot row: results/text/fullway_ft10.jsonl not found")
     return ["method", "K", *DATASETS], rows, notes
@@ -222,11 +258,16 @@ def text_seeds() -> Table | None:
         rs = sorted(rs, key=lambda r: r["seed"])
         accs = [r["acc"] for r in rs]
         sd = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
+        mean = statistics.mean(accs)
+        half = T975[len(accs) - 1] * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else None
+        tci = "-" if half is None else f"[{mean - half:.2f}, {mean + half:.2f}]"
         rows.append(([d, str(k), f"{folds} fold" + ("s" if folds > 1 else "")],
-                     [", ".join(f"{r['acc']:.2f}" for r in rs), f"{statistics.mean(accs):.2f}", sd,
+                     [", ".join(f"{r['acc']:.2f}" for r in rs), f"{mean:.2f}", sd, tci,
                       str(len(rs)), "; ".join(f"{r['lr']:g}, {r['steps']}" for r in rs)]))
-    return (["dataset", "K", "selection", "test acc per seed (0, 1, 2)", "mean", "sd", "seeds",
-             "lr, steps chosen per seed"], rows, ["sd: sample standard deviation over the seeds (n - 1)."])
+    return (["dataset", "K", "selection", "test acc per seed (0, 1, 2)", "mean", "sd", "95% t-interval",
+             "seeds", "lr, steps chosen per seed"], rows,
+            ["sd: sample standard deviation over the seeds (n - 1); t-interval: mean +- t(0.975, n - 1) sd / "
+             "sqrt(n), n seeds"])
 
 
 def text_oos() -> Table | None:
@@ -353,6 +394,96 @@ def metalstm_bundled() -> Table | None:
             [f"validation every {val[1]['step'] - val[0]['step']} steps: {curve}"])
 
 
+CURVES = {"metasgd": ("Meta-SGD, 3,000 steps", 99.53),
+          "reptile": ("Reptile, 2,000 steps (cosine over the 2,000)", 97.68)}
+
+
+def learning_curves() -> Table | None:
+    """Validation accuracy at 250 / 500 / 1,000 / 2,000 / 3,000 steps and the final test figure."""
+    rows = []
+    for key, (label, paper) in CURVES.items():
+        recs, test = read(f"curves/{key}-metrics.jsonl"), read(f"curves/{key}-test.json")
+        if not recs or not test:
+            continue
+        val = {r["step"]: r["val_acc"] for r in recs if "val_acc" in r}
+        rows.append(([label], [" / ".join(f"{val[s]:.2f}" if s in val else "-" for s in (250, 500, 1000, 2000,
+                                                                                          3000)),
+                               pm(test[0]["acc"], test[0]["ci95"]), f"{paper}"]))
+    if not rows:
+        return None
+    return ["run", "validation accuracy at 250 / 500 / 1,000 / 2,000 / 3,000 steps", "test 5-way 1-shot",
+            "paper"], rows, []
+
+
+def curve_slopes() -> Table | None:
+    """The log-linear fit of each curve's last four validation points: slope (points per tenfold increase of
+    steps) with its 95% t-interval (2 residual degrees of freedom), and where the fit line meets the paper."""
+    import math
+
+    rows = []
+    for key, (label, paper) in CURVES.items():
+        ex = read(f"curves/{key}-extrapolation.json")
+        if not ex:
+            continue
+        pts = [(math.log10(s), a) for s, a in ex[0]["val_points"] if s in ex[0]["fit_on_steps"]]
+        n = len(pts)
+        mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in pts)
+        half = T975[n - 2] * math.sqrt(resid / (n - 2) / sxx)
+        rows.append(([label.split(",")[0]], [f"{slope:.3f}", f"[{slope - half:.2f}, {slope + half:.2f}]",
+                                             f"{ex[0]['steps_to_target_loglinear']:,}", f"{paper}"]))
+    if not rows:
+        return None
+    return ["run", "points per decade", "95% t-interval", "steps where the line meets the paper", "paper"], \
+        rows, []
+
+
+def _coordinates() -> dict[str, int]:
+    """Coordinates per learner tensor, from the header of the bundled Meta-LSTM checkpoint (both models share
+    the architecture)."""
+    import math
+    import struct
+
+    with Path("src/metashot/weights/metalstm-omniglot/weights.safetensors").open("rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+GATES = {"gates-test-bundled.json": "bundled, test split", "gates-val-bundled.json": "bundled, val split",
+         "gates-val-old-bundled.json": "old (-paper.yaml), val split"}
+
+
+def metalstm_gates() -> Table | None:
+    """The learned input gate per inner step (coordinate-weighted mean over the learner's tensors; per-tensor
+    range at t = 1 and t = 5), the forget gate's range, and what the LSTM reads (median |gradient|, share of
+    coordinates in the preprocessing's linear branch, support loss) at steps 1 and 5."""
+    rows = []
+    size = _coordinates()
+    for name, label in GATES.items():
+        recs = read(f"metalstm/{name}")
+        if not recs:
+            continue
+        g, grad = recs[0]["gates"], recs[0]["gradients"]
+        total = sum(size[k] for k in g)
+        mean = [sum(size[k] * v["input"][t] for k, v in g.items()) / total for t in range(5)]
+        first, last = [v["input"][0] for v in g.values()], [v["input"][-1] for v in g.values()]
+        forget = [f for v in g.values() for f in v["forget"]]
+        loss = grad["support_loss"]
+        rows.append(([label], [", ".join(f"{m:.3f}" for m in mean), f"{min(first):.3f}-{max(first):.3f}",
+                               f"{min(last):.3f}-{max(last):.3f}", f"{min(forget):.4f}-{max(forget):.4f}",
+                               f"{grad['median_abs_grad'][0]:.3f} / {grad['median_abs_grad'][-1]:.1e}",
+                               f"{100 * grad['linear_branch_fraction'][0]:.1f} / "
+                               f"{100 * grad['linear_branch_fraction'][-1]:.0f}",
+                               f"{loss[0]:.3g} / {loss[1]:.2g}"]))
+    if not rows:
+        return None
+    return (["model, split (100 episodes)", "input gate, t = 1..5", "per tensor t = 1", "per tensor t = 5",
+             "forget gate", "median abs gradient t = 1 / 5", "% linear branch t = 1 / 5",
+             "support loss before / after update 1"], rows, [])
+
+
 def rl_fine_grid() -> Table | None:
     recs = read("rl/test_fine_grid.jsonl")
     if not recs:
@@ -381,6 +512,10 @@ TABLES: list[tuple[str, str, Callable[[], Table | None]]] = [
     ("Meta-LSTM on Omniglot: the bundled model", "metalstm/bundled-*.json*", metalstm_bundled),
     ("Meta-LSTM on Omniglot: the ablation (validation)", "metalstm/mlstm-abl-*-metrics.jsonl",
      metalstm_ablation),
+    ("Meta-LSTM: the learned gates and what the LSTM reads", "metalstm/gates-*.json", metalstm_gates),
+    ("Meta-SGD and Reptile: learning curves", "curves/*-metrics.jsonl, curves/*-test.json", learning_curves),
+    ("Meta-SGD and Reptile: log-linear fit of the last four validation points", "curves/*-extrapolation.json",
+     curve_slopes),
     ("Text: Protocol 1, episodic", "text/episodic*.jsonl", text_episodic),
     ("Text: MAML inner rate 4.0, fold 1", "text/maml_inner_lr4_fold1.jsonl", text_inner_lr4),
     ("Text: Protocol 2, full-way", "text/fullway*.jsonl", text_fullway),
