@@ -65,25 +65,33 @@ def test_load_on_a_missing_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
     assert str(metashot.load("protonet-omniglot", device="cpu").device) == "cpu"
 
 
-def test_cli_warnings_are_one_clean_line(monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """A warning during a command is `metashot CMD: warning: ...` alone: no file, line number or source."""
-    import warnings
+def test_cli_warnings_are_one_clean_line() -> None:
+    """A warning printed during a command is `metashot CMD: warning: ...` alone: no file, line number or
+    source line (run in a fresh interpreter, where Python prints warnings as it does for the command)."""
+    code = ("import warnings\nfrom metashot.messages import one_line_warnings\n"
+            "with one_line_warnings('metashot predict'):\n"
+            "    warnings.warn('2 of 5 fit images look like colour photos;\\n  this model reads drawings')\n"
+            "    warnings.warn('an old option', DeprecationWarning)\n"
+            "warnings.warn('after the command')\n")
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                       check=True)
+    err = r.stderr.splitlines()
+    assert err[:2] == ["metashot predict: warning: 2 of 5 fit images look like colour photos; this model "
+                       "reads drawings", "metashot predict: warning (DeprecationWarning): an old option"], err
+    assert "metashot" not in " ".join(err[2:]) and "after the command" in " ".join(err[2:])  # restored after
 
-    import metashot.classifier
 
-    def warns() -> list:
-        warnings.warn("2 of 5 fit images look like colour photos;\n  this model reads drawings", stacklevel=1)
-        warnings.warn("an old option", DeprecationWarning, stacklevel=1)
-        return []
+def test_main_runs_every_command_under_one_line_warnings(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import contextlib
 
-    monkeypatch.setattr(metashot.classifier, "bundled_models", warns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        assert main(["models"]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["metashot models: warning: 2 of 5 fit images look like colour photos; this model reads "
-                   "drawings", "metashot models: warning (DeprecationWarning): an old option"], err
+    import metashot.cli
+
+    used = []
+    monkeypatch.setattr(metashot.cli, "one_line_warnings", lambda prefix: used.append(prefix)
+                        or contextlib.nullcontext())
+    assert main(["models", "--json"]) == 0
+    assert used == ["metashot models"]
 
 
 def _drawings(root, classes: int, per_class: int = 3):

@@ -4,7 +4,6 @@ file name, line number and source line that Python's default format adds."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,12 +18,16 @@ def warning_line(prefix: str, message: Any, category: type[Warning]) -> str:
 
 @contextlib.contextmanager
 def one_line_warnings(prefix: str) -> Iterator[None]:
-    """Within the block, every warning shown is printed to stderr by :func:`warning_line`; the filters
-    (which warnings show, and how often) are Python's own, restored on exit."""
-    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
-             line: str | None = None) -> None:
-        print(warning_line(prefix, message, category), file=file or sys.stderr)
+    """Within the block, every warning Python prints is formatted by :func:`warning_line`. Only the format
+    changes: which warnings show (the filters), where they go, and recorders such as
+    ``warnings.catch_warnings(record=True)`` are untouched."""
+    def fmt(message: Any, category: type[Warning], filename: str, lineno: int,
+            line: str | None = None) -> str:
+        return warning_line(prefix, message, category) + "\n"
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
+    before = warnings.formatwarning
+    warnings.formatwarning = fmt
+    try:
         yield
+    finally:
+        warnings.formatwarning = before
