@@ -8,6 +8,9 @@ Variants (each gives the trunk features ``TimmBackbone.features`` gives, [B, D] 
   activations with histogram observers), after making the network traceable: TensorFlow 'SAME' padding made
   static for the model's input size, timm's BatchNormAct2d split so convolution and batch norm fold, ReLU6
   written as ReLU + clamp so the ReLU fuses into the convolution;
+- ``int8_pt2e``: PT2E static quantization (torchao's X86InductorQuantizer: int8 per-channel weights, uint8
+  activations), compiled by inductor with freezing; needs ``pip install torchao`` (not a metashot
+  dependency) and a C++ compiler; the first call of each batch size compiles (not timed);
 - ``ort_fp32`` / ``ort_int8``: each member exported to ONNX (static padding as above) and run by ONNX Runtime
   on the CPU; int8 is ONNX Runtime's static quantization (QOperator, per-channel int8 weights, uint8
   activations, MinMax calibration). Needs ``pip install onnxruntime onnx`` (not a metashot dependency).
@@ -208,6 +211,30 @@ def int8_fx(bb: TimmBackbone, calib: torch.Tensor, size: int) -> Features:
     return combined(bb, out, channels_last=True)
 
 
+def int8_pt2e(bb: TimmBackbone, calib: torch.Tensor, size: int) -> Features:
+    """PT2E static quantization (torchao's X86InductorQuantizer, its default config), compiled by inductor
+    with freezing (which lowers the quantized convolutions to oneDNN int8 kernels)."""
+    import torch._inductor.config as inductor_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    inductor_config.freezing = True
+    x = (to_float(calib) - bb.mean) / bb.std
+    out = []
+    for m in members_of(bb):
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        exported = torch.export.export(static_padding(m, size), (x[:2],), dynamic_shapes=({0: batch},))
+        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        with torch.no_grad():
+            for i in range(0, len(x), 32):
+                prepared(x[i : i + 32])
+        q = torch.compile(convert_pt2e(prepared))
+        q.num_features = m.num_features
+        out.append(q)
+    return combined(bb, out, channels_last=True)
+
+
 class OrtMember(nn.Module):
     """An ONNX Runtime session as a member: normalised images [B, 3, S, S] -> features [B, D]."""
 
@@ -322,7 +349,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=30, help="Flowers val photos per class for agreement")
     ap.add_argument("--episodes", type=int, default=300)
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--variants", default="fp32,bf16,int8_fx,ort_fp32,ort_int8")
+    ap.add_argument("--variants", default="fp32,bf16,int8_fx,int8_pt2e,ort_fp32,ort_int8")
     ap.add_argument("--out", help="append the JSON line to this file")
     a = ap.parse_args()
     if a.per_class < 20:
@@ -362,6 +389,11 @@ def main() -> None:
                 variants[name] = f
             elif name == "int8_fx":
                 variants[name] = int8_fx(bb, calib, spec.size)
+            elif name == "int8_pt2e":
+                import torchao
+
+                out["torchao"] = torchao.__version__
+                variants[name] = int8_pt2e(bb, calib, spec.size)
             elif name in ("ort_fp32", "ort_int8"):
                 import onnxruntime
 
@@ -385,7 +417,7 @@ def main() -> None:
     x = to_float(images[: a.batch])
     rates: dict[str, list[float]] = {n: [] for n in variants}
     for f in variants.values():
-        f(x[:8])  # warm-up (first-call allocations, oneDNN kernel creation)
+        f(x)  # warm-up: first-call allocations, oneDNN kernel creation, compilation (int8_pt2e)
     for _ in range(a.rounds):
         for n, f in variants.items():
             rates[n].append(throughput(f, x, a.seconds))
