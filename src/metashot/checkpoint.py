@@ -32,6 +32,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metashot.algorithms.base import MetaLearner, algorithm_class
+from metashot.checkpoint_files import (  # noqa: F401 (re-exported)
+    PRETRAINED_FILE,
+    CheckpointError,
+    bring_pretrained_file,
+    confined_model,
+    package_weights_root,
+)
 from metashot.data.download import file_digest
 from metashot.nn.backbones import build_backbone
 
@@ -41,10 +48,6 @@ FORMAT = "metashot-checkpoint-1"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 TRAIN_STATE_FORMAT = "metashot-train-state-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, tampered with, truncated or does not match its model."""
 
 
 # Fault injection: called with the name of each step of a checkpoint write ("written": the temporary
@@ -185,7 +188,7 @@ def save_module(path: str | Path, module: torch.nn.Module, config: dict[str, Any
                      if k not in ext_keys}
             save_file(state, str(tmp / WEIGHTS))
             if ext_digests:
-                config = _bring_pretrained_file(tmp, config)
+                config = bring_pretrained_file(tmp, config)
             if train_state is not None:
                 save_train_state(tmp, *train_state)
             meta = {
@@ -215,57 +218,6 @@ def save_module(path: str | Path, module: torch.nn.Module, config: dict[str, Any
         clean_hidden_copies(path)  # .NAME.old and the leftovers of earlier killed writes
         _fault_point("cleaned")
     return path
-
-
-PRETRAINED_FILE = "pretrained"  # + the source's suffix: a frozen trunk's local weights file in a checkpoint
-
-
-def _bring_pretrained_file(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """A frozen trunk built from a local weights file (``backbone_args.pretrained: PATH``) needs that file
-    when the checkpoint is loaded, and a checkpoint may name only files inside its own folder
-    (:func:`confined_model`): copy the file into ``folder`` and return ``config`` naming the copy."""
-    model = config.get("model") if isinstance(config, dict) else None
-    args = model.get("backbone_args") if isinstance(model, dict) else None
-    src = args.get("pretrained") if isinstance(args, dict) else None
-    if not isinstance(src, str) or not Path(src).expanduser().is_file():
-        return config
-    src_path = Path(src).expanduser()
-    name = PRETRAINED_FILE + "".join(src_path.suffixes[-1:])
-    shutil.copyfile(src_path, folder / name)
-    return {**config, "model": {**model, "backbone_args": {**args, "pretrained": name}}}
-
-
-def package_weights_root() -> Path:
-    """The folder of the checkpoints and weights that ship inside the package."""
-    return Path(str(resources.files("metashot").joinpath("weights")))
-
-
-def _inside(file: Path, folder: Path) -> bool:
-    real, root = os.path.realpath(file), os.path.realpath(folder)
-    return os.path.commonpath([real, root]) == root
-
-
-def confined_model(path: Path, meta: dict[str, Any], model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """``model_cfg`` with a weights file named by ``backbone_args.pretrained`` confined to the checkpoint.
-
-    A checkpoint is data from anywhere: it may name only files inside its own folder (a relative name is
-    relative to it) or inside the package's weights, never ``../../etc/passwd`` or ``/proc/self/environ``.
-    A trunk whose weights the checkpoint holds (nothing recorded under ``external_weights``) needs no file
-    at all: it is built without one. Returns the model section with the file's absolute path.
-    """
-    args = model_cfg.get("backbone_args")
-    if not isinstance(args, dict) or not isinstance(args.get("pretrained"), str):
-        return model_cfg
-    name = args["pretrained"]
-    if not meta.get("external_weights"):  # the checkpoint holds the trunk's weights: the file is not needed
-        return {**model_cfg, "backbone_args": {**args, "pretrained": False}}
-    file = path / name  # (an absolute name stays absolute)
-    if not any(_inside(file, root) for root in (path, package_weights_root())):
-        raise CheckpointError(
-            f"checkpoint {path}: backbone_args.pretrained names {name!r}, outside the checkpoint's folder; "
-            f"a checkpoint may name only files inside its own folder or the package's weights. Copy the "
-            f"weights file into {path} and write its file name there in {CONFIG}")
-    return {**model_cfg, "backbone_args": {**args, "pretrained": os.path.realpath(file)}}
 
 
 def external_state(learner: torch.nn.Module) -> tuple[set[str], dict[str, str]]:

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from metashot import __version__
+from metashot import cli_args as ca
 from metashot.devices import check_device
 from metashot.messages import one_line_warnings
 from metashot.os_errors import os_error_line
@@ -23,72 +24,6 @@ QUIET_HELP = ("no progress bars, including the one-off bars that decode a datase
 SETTING_FLAGS = {"vectorized": "--path", "inner_steps_test": "--inner-steps", "inner_lr": "--inner-lr"}
 
 
-def _seed(text: str) -> int:
-    """argparse type: a seed, an integer >= 0 (argparse names the flag in the error)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
-
-
-def _threshold(text: str) -> float:
-    """argparse type: a finite number in [-1, 1] (a confidence in [0, 1] or a cosine score in [-1, 1])."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not -1.0 <= v <= 1.0:  # (also refuses nan and inf)
-        raise argparse.ArgumentTypeError(f"must be a number in [-1, 1] (a confidence or a cosine score), "
-                                         f"got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or a negative count is an error, never "use the default")."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _dirichlet(text: str) -> float:
-    """``dirichlet:ALPHA`` -> ALPHA (a positive number)."""
-    kind, _, value = text.partition(":")
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = float("nan")
-    if kind != "dirichlet" or not alpha > 0 or alpha == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:2), got "
-                                         f"{text!r}")
-    return alpha
-
-
-def _check_device(device: Any, where: str) -> None:
-    """A one-line error for a device this machine does not have (torch raises an AssertionError for CUDA on
-    a CPU-only build, mid-run)."""
-    check_device(device, where)
-
-
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def _exit_code(summary: dict[str, Any]) -> int:
-    """128 + the signal that stopped a training (as a shell reports a killed command), else 0."""
-    sig = summary.get("signal")
-    return 128 + sig if isinstance(sig, int) else 0
-
-
 def _cmd_train(a: argparse.Namespace) -> int:
     from metashot.config import Config, apply_overrides, load_config
     from metashot.train import run_config, train_from_config
@@ -99,7 +34,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         cfg = load_config(a.config, a.set)
     else:  # the run's own config, with --set overrides (e.g. more train.steps)
         cfg = Config.from_dict(apply_overrides(run_config(a.resume).to_dict(), a.set), source=f"{a.resume}")
-    _check_device(cfg.train.device, "train.device")
+    check_device(cfg.train.device, "train.device")
     if a.resume is None and not a.overwrite:  # a forgotten --resume must not delete a run's checkpoints
         from metashot.runs import RunDir
 
@@ -112,7 +47,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     summary = train_from_config(cfg, progress=not a.quiet, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
-    return _exit_code(summary)
+    return ca.exit_code(summary)
 
 
 def _cmd_plot(a: argparse.Namespace) -> int:
@@ -122,31 +57,13 @@ def _cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
-FOLDER_MAX_WAYS = 20  # eval --dataset folder without --ways: the folder's class count, up to this
-
-
-def _folder_ways(split: str | None, root: str | None) -> int | None:
-    """The default ways of ``eval --dataset folder``: every class subfolder of the folder, up to
-    FOLDER_MAX_WAYS (None when the folder is not there: the loader's error names it)."""
-    from pathlib import Path
-
-    path = Path(split or "")
-    path = Path(root) / path if root and not path.is_absolute() else path
-    if split is None or not path.is_dir():
-        return None
-    n = sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
-    if n == 1:
-        raise ValueError(f"--split {path}: one class subfolder; an episode needs at least 2 classes")
-    return min(n, FOLDER_MAX_WAYS) if n else None
-
-
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.evaluate import evaluate_checkpoint
 
     if a.dataset == "folder" and a.ways is None:
-        a.ways = _folder_ways(a.split, a.root)
+        a.ways = ca.folder_ways(a.split, a.root)
 
-    _set_threads(a.threads)
+    ca.set_threads(a.threads)
     settings: dict[str, Any] = {}
     if a.path:
         settings["vectorized"] = a.path == "vectorized"
@@ -178,16 +95,9 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                      if getattr(a, f)]:
             raise ValueError(f"{', '.join(given)}: for image checkpoints only; leave it out for sentences")
         return predict_text_cli(clf, a.support, a.query, a.output, a.threshold)
-    unknown = a.unknown
-    if a.threshold is not None:  # image models: the threshold of the 'unknown' label
-        if not hasattr(clf.learner, "known_scores"):
-            raise ValueError(f"--threshold: model {a.checkpoint} gives no known-class score for an 'unknown' "
-                             f"label (photo models such as `photos` do); leave --threshold out")
-        clf.learner.unknown_threshold = float(a.threshold)
-        unknown = True
     return predict_images_csv(clf, a.support, a.query, a.output, batch_size=a.batch_size, resume=a.resume,
                               skip_unreadable=a.skip_unreadable, transductive=False if a.inductive else None,
-                              unknown=unknown)
+                              unknown=a.unknown, threshold=a.threshold)
 
 
 def _cmd_sinusoid_train(a: argparse.Namespace) -> int:
@@ -206,7 +116,7 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
     """Sinusoid MSE after 1/5/10 fine-tuning steps on K points; optional Figure-2-like PNG."""
     from metashot.sinusoid_eval import evaluate_checkpoints
 
-    _set_threads(a.threads)
+    ca.set_threads(a.threads)
     report = evaluate_checkpoints({"MAML": a.checkpoint, "pretrained": a.baseline}, a.shots, a.steps, a.tasks,
                                   a.queries, a.seed, a.inner_lr, a.plot, a.device)
     print(json.dumps(report, indent=None if a.json else 2))
@@ -216,7 +126,7 @@ def _cmd_sinusoid_eval(a: argparse.Namespace) -> int:
 def _cmd_lake(a: argparse.Namespace) -> int:
     from metashot.lake import evaluate_checkpoint, evaluate_mhd, select_runs
 
-    _set_threads(a.threads)
+    ca.set_threads(a.threads)
     if (a.checkpoint is None) == (a.baseline is None):
         raise ValueError("give either a CHECKPOINT or --baseline mhd (not both)")
     runs = select_runs(a.root, a.val, a.runs)
@@ -242,16 +152,16 @@ def _cmd_rl_train(a: argparse.Namespace) -> int:
     else:
         raw = RunDir(a.resume).read_config()
         cfg = RLConfig.from_dict(apply_overrides(raw, a.set), source=str(a.resume))
-    _check_device(cfg.train.device, "train.device")
+    check_device(cfg.train.device, "train.device")
     summary = train_rl(cfg, progress=not a.quiet, resume=a.resume)
     print(json.dumps(summary))
-    return _exit_code(summary)
+    return ca.exit_code(summary)
 
 
 def _cmd_rl_eval(a: argparse.Namespace) -> int:
     from metashot.rl.evaluation import draw, evaluate_policies, load_policies, parse_step_sizes, returns_line
 
-    _set_threads(a.threads)
+    ca.set_threads(a.threads)
     if not a.checkpoints and not a.random:
         raise ValueError("eval: give one or more CHECKPOINTs and/or --random")
     loaded = load_policies(a.checkpoints, a.random, a.random_seed, a.env)
@@ -327,21 +237,21 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                 "(default: the checkpoint's training dataset)")),
         ("--split", dict(help="split to evaluate on (default: the config's test split)")),
         ("--root", dict(help="data root (default $METASHOT_DATA, else ~/.cache/metashot/data)")),
-        ("--ways", dict(type=_positive_int, help="classes per episode (default: the config's eval.ways; with "
-                        f"--dataset folder, the folder's class count up to {FOLDER_MAX_WAYS})")),
-        ("--shots", dict(type=_positive_int, help="labelled examples per class in each support set "
+        ("--ways", dict(type=ca.positive_int, help="classes per episode (default: the config's eval.ways; "
+                        f"with --dataset folder, the folder's class count up to {ca.FOLDER_MAX_WAYS})")),
+        ("--shots", dict(type=ca.positive_int, help="labelled examples per class in each support set "
                                                   "(default: the config's eval.shots)")),
-        ("--queries", dict(type=_positive_int, help="query examples per class in each episode (default: the "
-                                                    "config's eval.queries)")),
-        ("--episodes", dict(type=_positive_int, help="number of fixed test episodes (default: the config's "
+        ("--queries", dict(type=ca.positive_int, help="query examples per class in each episode (default: "
+                                                    "the config's eval.queries)")),
+        ("--episodes", dict(type=ca.positive_int, help="number of fixed test episodes (default: the config's "
                             "eval.episodes; 1000 on Omniglot, the ProtoNet paper's protocol)")),
-        ("--seed", dict(type=_seed, help="seed of the test episodes: the same seed gives the same episodes "
+        ("--seed", dict(type=ca.seed, help="seed of the test episodes: the same seed gives the same episodes "
                                        "(default: the config's eval.seed)")),
-        ("--meta-batch", dict(type=_positive_int, help="episodes per forward pass (default: the config's "
+        ("--meta-batch", dict(type=ca.positive_int, help="episodes per forward pass (default: the config's "
                               "eval.meta_batch); lower it when a large setting (e.g. a Relation Net at 20 "
                               "ways) does not fit in memory")),
         ("--device", dict(default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")),
-        ("--threads", dict(type=_positive_int,
+        ("--threads", dict(type=ca.positive_int,
                            help="CPU threads of PyTorch (default: PyTorch's own choice)")),
         ("--json", dict(action="store_true",
                         help="print one JSON object (acc and ci95 in percent) instead of a sentence")),
@@ -352,7 +262,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                         "for large images, e.g. 84x84; default: the checkpoint's own setting)")),
         ("--inner-steps", dict(type=int, help="MAML family: gradient steps on each support set at test "
                                               "(default: the checkpoint's inner_steps_test)")),
-        ("--imbalance", dict(type=_dirichlet, metavar="dirichlet:ALPHA", help="realistic queries: each "
+        ("--imbalance", dict(type=ca.dirichlet, metavar="dirichlet:ALPHA", help="realistic queries: each "
                              "episode's class proportions drawn from Dirichlet(ALPHA), the total fixed at "
                              "ways x queries, at least one per class (Veilleux et al. 2021; default: "
                              "balanced)")),
@@ -365,13 +275,13 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                                                "checkpoints: a UTF-8 CSV with text,label columns)")),
         ("--query", dict(required=True, help="an image file or a folder of images to classify (text check"
                          "points: a CSV with a text column, or a text file with one sentence per line)")),
-        ("--threshold", dict(type=_threshold, help="text checkpoints: label 'oos' (out of scope) when the "
+        ("--threshold", dict(type=ca.threshold, help="text checkpoints: label 'oos' (out of scope) when the "
                                               "confidence is below this; photo models: label 'unknown' when "
                                               "the known-class score (cosine to the nearest class mean) is "
                                               "below this (implies --unknown; default: the model's own "
                                               "threshold, set on validation classes)")),
         ("--output", dict(help="CSV file (default: standard output); an existing one needs --resume")),
-        ("--batch-size", dict(type=_positive_int, default=256, help="at most this many photos are decoded, "
+        ("--batch-size", dict(type=ca.positive_int, default=256, help="at most this many photos are decoded, "
                               "classified and written together (default 256; chunks of near-equal size); "
                               "sets memory. With a transductive head each chunk is one unlabelled batch")),
         ("--resume", dict(action="store_true", help="continue --output: skip the files it already has a row "
@@ -395,7 +305,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--baseline", dict(help="a pretrained-on-all-tasks checkpoint (inner_steps=0) to compare")),
         ("--shots", dict(type=int, default=5)), ("--steps", dict(type=int, nargs="+", default=[1, 5, 10])),
         ("--tasks", dict(type=int, default=600)), ("--queries", dict(type=int, default=100)),
-        ("--seed", dict(type=_seed, default=4321)),
+        ("--seed", dict(type=ca.seed, default=4321)),
         ("--inner-lr", dict(type=float, help="override the fine-tuning step size")),
         ("--plot", dict(help="write a Figure-2-like PNG here (needs matplotlib)")),
         _DEVICE, ("--threads", dict(type=int)), _JSON]),
@@ -414,7 +324,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
     (("rl", "eval"), "average return on new tasks after 0, 1, 2, 3 adaptation steps", _cmd_rl_eval, [
         ("checkpoints", dict(nargs="*", metavar="CHECKPOINT", help="run folders or checkpoint folders")),
         ("--random", dict(action="store_true", help="also evaluate a randomly initialised policy")),
-        ("--random-seed", dict(type=_seed, default=0)),
+        ("--random-seed", dict(type=ca.seed, default=0)),
         ("--env", dict(default="navigation2d", help="environment for --random without a checkpoint")),
         ("--tasks", dict(type=int, help="number of test tasks (default: the config's, 40)")),
         ("--trajectories", dict(type=int, help="trajectories per task and step (default 40)")),
@@ -423,7 +333,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                             help="step size per adaptation step (the last repeats), for every policy")),
         ("--lr-of", dict(action="append", default=[], metavar="LABEL=LR[,LR...]", help="step sizes of one "
                          "policy (label: its folder name, or random-init); repeatable")),
-        ("--seed", dict(type=_seed, help="seed of the test tasks (default: the config's)")),
+        ("--seed", dict(type=ca.seed, help="seed of the test tasks (default: the config's)")),
         ("--threads", dict(type=int, default=1)),
         ("--plot", dict(help="PNG of return vs adaptation steps (needs matplotlib)")),
         ("--paper-reference", dict(action="store_true", help="draw the paper's rows (2D navigation: MAML, "
@@ -434,7 +344,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--root", dict(help="data root (default $METASHOT_DATA)")), _JSON]),
     (("app",), "a local page on 127.0.0.1 to try it in the browser: photos, text intents, drawings (needs "
                "metashot[app])", _cmd_app, [
-        ("--port", dict(type=_positive_int, help="default: the first free port from 7860")),
+        ("--port", dict(type=ca.positive_int, help="default: the first free port from 7860")),
         ("--max-photo-mb", dict(type=float, default=25.0, help="largest photo accepted, in MB (default 25)")),
         _DEVICE]),
 ]
@@ -475,7 +385,7 @@ def main(argv: list[str] | None = None) -> Any:
     if a.__dict__.get("quiet"):  # every bar honours it, also those of the data and text modules
         os.environ["METASHOT_QUIET"] = "1"
     try:
-        _check_device(a.__dict__.get("device"), "--device")
+        check_device(a.__dict__.get("device"), "--device")
         with one_line_warnings(f"metashot {a.command}"):  # no file name or source line
             rc = a.func(a)
         sys.stdout.flush()  # a closed pipe (metashot ... | head) shows up here, not at interpreter exit

@@ -176,13 +176,21 @@ def _decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray | None, set[str], s
 def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str | Path,
                        output: str | Path | None = None, *, batch_size: int = 256, resume: bool = False,
                        skip_unreadable: bool = False, transductive: bool | None = None,
-                       unknown: bool = False, progress: bool = True) -> int:
+                       unknown: bool = False, progress: bool = True, threshold: float | None = None) -> int:
     """``metashot predict`` for an image checkpoint: fit on a folder of class subfolders, then write
     ``file,label,confidence,note`` rows for the query image or folder to ``output`` (default: standard
     output), in the query's sorted order, ``batch_size`` photos at a time. Returns the exit code (130 when
-    interrupted; the rows written so far stay, and ``resume`` continues from them)."""
+    interrupted; the rows written so far stay, and ``resume`` continues from them). ``threshold`` replaces
+    the model's 'unknown' threshold and implies ``unknown``."""
     if clf.image_spec is None:
         raise ValueError("this checkpoint has no image preprocessing; metashot predict needs an image model")
+    if threshold is not None:  # the threshold of the 'unknown' label
+        if not callable(getattr(clf.learner, "known_scores", None)):
+            raise ValueError(f"--threshold: model {clf.source or '(in memory)'} gives no known-class score "
+                             f"for an 'unknown' label (photo models such as `photos` do); leave --threshold "
+                             f"out")
+        clf.learner.unknown_threshold = float(threshold)
+        unknown = True
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     support, out_path = Path(support), (Path(output) if output else None)

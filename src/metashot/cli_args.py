@@ -1,0 +1,86 @@
+"""The argument types and defaults of the ``metashot`` command (argparse ``type=`` functions): each refuses a
+bad value with a message that argparse prefixes with the flag."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer >= 0 (argparse names the flag in the error)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def threshold(text: str) -> float:
+    """argparse type: a finite number in [-1, 1] (a confidence in [0, 1] or a cosine score in [-1, 1])."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1.0 <= v <= 1.0:  # (also refuses nan and inf)
+        raise argparse.ArgumentTypeError(f"must be a number in [-1, 1] (a confidence or a cosine score), "
+                                         f"got {text!r}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or a negative count is an error, never "use the default")."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def dirichlet(text: str) -> float:
+    """``dirichlet:ALPHA`` -> ALPHA (a positive number)."""
+    kind, _, value = text.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if kind != "dirichlet" or not alpha > 0 or alpha == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:2), got "
+                                         f"{text!r}")
+    return alpha
+
+
+
+FOLDER_MAX_WAYS = 20  # eval --dataset folder without --ways: the folder's class count, up to this
+
+
+def folder_ways(split: str | None, root: str | None) -> int | None:
+    """The default ways of ``eval --dataset folder``: every class subfolder of the folder, up to
+    FOLDER_MAX_WAYS (None when the folder is not there: the loader's error names it)."""
+    from pathlib import Path
+
+    path = Path(split or "")
+    path = Path(root) / path if root and not path.is_absolute() else path
+    if split is None or not path.is_dir():
+        return None
+    n = sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    if n == 1:
+        raise ValueError(f"--split {path}: one class subfolder; an episode needs at least 2 classes")
+    return min(n, FOLDER_MAX_WAYS) if n else None
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """128 + the signal that stopped a training (as a shell reports a killed command), else 0."""
+    sig = summary.get("signal")
+    return 128 + sig if isinstance(sig, int) else 0
