@@ -41,6 +41,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import traceback
@@ -367,6 +368,7 @@ def main() -> None:
     images, ys = flowers_val(spec, a.per_class)
     calib = mini_imagenet_train(spec, a.calib)
     out: dict[str, Any] = {
+        "command": " ".join(["python benchmarks/photos/precision_bench.py", *sys.argv[1:]]),
         "model": a.model, "trunk": bb.model_name, "input_size": spec.size, "threads": a.threads,
         "batch": a.batch, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__,
