@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from metashot import __version__
+from metashot import __version__, fit_cli
 from metashot import cli_args as ca
 from metashot.devices import check_device
 from metashot.messages import one_line_warnings
@@ -88,6 +88,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from metashot.predict_folder import predict_images_csv
 
     clf = load(a.checkpoint, a.device)
+    fit_cli.check_support(clf, a.support, a.checkpoint)
     if clf.text_encoder is not None:  # text checkpoint: sentence files instead of image folders
         from metashot.text.glue import predict_text_cli
 
@@ -271,8 +272,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
     (("predict",), "classify an image or a folder of images (or sentences) from a support set",
      _cmd_predict, [
         ("checkpoint", {}),
-        ("--support", dict(required=True, help="folder of class subfolders with a few images each (text "
-                                               "checkpoints: a UTF-8 CSV with text,label columns)")),
+        ("--support", dict(help="folder of class subfolders with a few images each (text checkpoints: a "
+                            "UTF-8 CSV with text,label columns); optional for a saved classifier")),
         ("--query", dict(required=True, help="an image file or a folder of images to classify (text check"
                          "points: a CSV with a text column, or a text file with one sentence per line)")),
         ("--threshold", dict(type=ca.threshold, help="text checkpoints: label 'oos' (out of scope) when the "
@@ -347,6 +348,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
         ("--port", dict(type=ca.positive_int, help="default: the first free port from 7860")),
         ("--max-photo-mb", dict(type=float, default=25.0, help="largest photo accepted, in MB (default 25)")),
         _DEVICE]),
+    *fit_cli.COMMANDS,
 ]
 
 

@@ -173,7 +173,7 @@ def _decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray | None, set[str], s
         return None, set(), str(e).replace(f"cannot decode image file {path}: ", "")
 
 
-def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str | Path,
+def predict_images_csv(clf: FewShotClassifier, support: str | Path | None, query: str | Path,
                        output: str | Path | None = None, *, batch_size: int = 256, resume: bool = False,
                        skip_unreadable: bool = False, transductive: bool | None = None,
                        unknown: bool = False, progress: bool = True, threshold: float | None = None) -> int:
@@ -181,7 +181,8 @@ def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str |
     ``file,label,confidence,note`` rows for the query image or folder to ``output`` (default: standard
     output), in the query's sorted order, ``batch_size`` photos at a time. Returns the exit code (130 when
     interrupted; the rows written so far stay, and ``resume`` continues from them). ``threshold`` replaces
-    the model's 'unknown' threshold and implies ``unknown``."""
+    the model's 'unknown' threshold and implies ``unknown``. ``support`` None: ``clf`` is already fitted (a
+    saved classifier) and is used as it is."""
     if clf.image_spec is None:
         raise ValueError("this checkpoint has no image preprocessing; metashot predict needs an image model")
     if threshold is not None:  # the threshold of the 'unknown' label
@@ -193,13 +194,14 @@ def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str |
         unknown = True
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    support, out_path = Path(support), (Path(output) if output else None)
+    out_path = Path(output) if output else None
     if resume and out_path is None:
         raise ValueError("--resume continues an --output file; give --output PATH")
     if out_path is not None and out_path.is_dir():
         raise ValueError(f"--output {out_path} is a folder; give a CSV file path")
     broken_s: list[Path] = []
-    classes = list_folder(support, broken_s)  # the support side first, as before: its errors come first
+    # the support side first, as before: its errors come first
+    classes = list_folder(Path(support), broken_s) if support is not None else {}
     support_files = [f for fs in classes.values() for f in fs]
     broken_q: list[Path] = []
     queries = sorted([*query_images(query, broken_q), *broken_q])
@@ -225,8 +227,8 @@ def predict_images_csv(clf: FewShotClassifier, support: str | Path, query: str |
                       UserWarning, stacklevel=2)
     if not todo:
         return 0
-    images, labels = _support(classes, bad)
-    clf.fit(images, labels)
+    if support is not None:
+        clf.fit(*_support(classes, bad))
     out = _open_output(out_path, keep) if out_path is not None else sys.stdout
     if out_path is None:
         csv.writer(out).writerow(HEADER)

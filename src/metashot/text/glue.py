@@ -96,8 +96,9 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def predict_text_cli(clf: Any, support: str | Path, query: str | Path, output: str | Path | None = None,
-                     threshold: float | None = None, oos_label: str = "oos") -> int:
+def predict_text_cli(clf: Any, support: str | Path | None, query: str | Path,
+                     output: str | Path | None = None, threshold: float | None = None,
+                     oos_label: str = "oos") -> int:
     """``metashot predict`` for a text checkpoint: fit on a support CSV, write ``text,label,confidence`` rows.
 
     With ``threshold``, a sentence whose confidence (largest softmax probability) is below it is labelled
@@ -105,8 +106,8 @@ def predict_text_cli(clf: Any, support: str | Path, query: str | Path, output: s
     """
     from metashot.csv_safe import spreadsheet_safe
 
-    texts, labels = read_labelled(support)
-    clf.fit(texts, labels)
+    if support is not None:  # None: a saved classifier, already fitted
+        clf.fit(*read_labelled(support))
     queries = read_sentences(query)
     proba = clf.predict_proba(queries)
     out = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
