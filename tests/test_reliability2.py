@@ -539,3 +539,35 @@ def test_bad_seed_and_threshold_name_their_flag(capsys, args, flag):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}:" in err and "Traceback" not in err, err
+
+
+# -- also: `eval --ways 1000` is refused with the split's class count, or run in bounded passes ------------
+
+def test_eval_refuses_more_ways_than_the_split_has_before_reading_data(monkeypatch, capsys):
+    import importlib
+
+    from metashot import cli
+
+    evaluate = importlib.import_module("metashot.evaluate")
+    monkeypatch.setenv("METASHOT_DATA", "/nonexistent")  # nothing may be read: the refusal comes first
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: pytest.fail("data was read"))
+    assert cli.main(["eval", "protonet-omniglot", "--ways", "5000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--ways 5000" in err and "1692 classes" in err and "\n" not in err
+
+
+def test_eval_with_many_ways_lowers_the_episodes_per_pass(monkeypatch, capsys):
+    import importlib
+
+    from metashot import cli, cli_args
+
+    evaluate = importlib.import_module("metashot.evaluate")
+    seen: dict = {}
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: seen.update(k) or pytest.skip())
+    with contextlib.suppress(BaseException):
+        cli.main(["eval", "protonet-omniglot", "--ways", "1000", "--shots", "1", "--queries", "15"])
+    assert seen["meta_batch"] * 1000 * 16 <= cli_args.EVAL_PASS_IMAGES or seen["meta_batch"] == 1
+    seen.clear()
+    with contextlib.suppress(BaseException):
+        cli.main(["eval", "protonet-omniglot", "--ways", "5"])
+    assert seen["meta_batch"] is None or seen["meta_batch"] >= 10  # a usual setting keeps its batch

@@ -62,6 +62,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     if a.dataset == "folder" and a.ways is None:
         a.ways = ca.folder_ways(a.split, a.root)
+    ca.eval_limits(a)  # --ways within the split's classes, and a forward pass of bounded size
 
     ca.set_threads(a.threads)
     settings: dict[str, Any] = {}

@@ -4,6 +4,7 @@ bad value with a message that argparse prefixes with the flag."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 
@@ -56,6 +57,47 @@ def dirichlet(text: str) -> float:
 
 
 FOLDER_MAX_WAYS = 20  # eval --dataset folder without --ways: the folder's class count, up to this
+EVAL_PASS_IMAGES = 8000  # eval: at most this many images per forward pass (episodes x ways x (shots+queries))
+
+
+def _split_classes(dataset: str, split: str, root: str | None) -> int | None:
+    """The number of classes of a split when it is known without decoding a single image, else None."""
+    if dataset == "omniglot":
+        from metashot.data.omniglot import vinyals_split
+
+        with contextlib.suppress(ValueError):
+            return len(vinyals_split(split))
+    if dataset == "folder":
+        from pathlib import Path
+
+        path = Path(split)
+        path = Path(root) / path if root and not path.is_absolute() else path
+        with contextlib.suppress(OSError):
+            return sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    return None
+
+
+def eval_limits(a: argparse.Namespace) -> None:
+    """Bound ``metashot eval`` before any data is read: ``--ways`` beyond the split's classes is refused
+    naming that number, and the episodes per forward pass (``--meta-batch``, when not given) are lowered so
+    one pass holds at most EVAL_PASS_IMAGES images (episodes do not depend on it: the same numbers)."""
+    if a.ways is None:
+        return
+    from metashot.checkpoint import read_meta, resolve
+
+    cfg = read_meta(resolve(a.checkpoint)).get("config") or {}
+    data, ev = cfg.get("data") or {}, cfg.get("eval") or {}
+    dataset, split = a.dataset or data.get("dataset"), a.split or data.get("test_split")
+    if isinstance(dataset, str) and isinstance(split, str):
+        n = _split_classes(dataset, split, a.root or data.get("root"))
+        if n is not None and a.ways > n:
+            raise ValueError(f"--ways {a.ways}: {dataset} split {split!r} has {n} classes; give --ways "
+                             f"{n} or fewer")
+    shots = a.shots if a.shots is not None else ev.get("shots", 1)
+    queries = a.queries if a.queries is not None else ev.get("queries", 15)
+    per_episode = a.ways * (int(shots) + int(queries))
+    if a.meta_batch is None and isinstance(ev.get("meta_batch", 16), int):
+        a.meta_batch = max(1, min(ev.get("meta_batch", 16), EVAL_PASS_IMAGES // per_episode))
 
 
 def folder_ways(split: str | None, root: str | None) -> int | None:
