@@ -571,3 +571,23 @@ def test_eval_with_many_ways_lowers_the_episodes_per_pass(monkeypatch, capsys):
     with contextlib.suppress(BaseException):
         cli.main(["eval", "protonet-omniglot", "--ways", "5"])
     assert seen["meta_batch"] is None or seen["meta_batch"] >= 10  # a usual setting keeps its batch
+
+
+# -- also: the feature and converted-weights caches stay under METASHOT_CACHE, never beside it -------------
+
+def test_every_cache_stays_under_metashot_cache(tmp_path, monkeypatch):
+    import numpy as np
+
+    from metashot.data.store import ClassStore
+    from metashot.nn import pretrained as P
+
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "c"))
+    imgs = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    store = ClassStore(imgs, np.arange(0, 7, 3), ["a", "b"], {"name": "toy"})
+    torch.manual_seed(0)
+    P.feature_store(P.TimmBackbone("test_efficientnet", pretrained=False, image_size=32), store,
+                    progress=False)
+    P.packaged_weights("tf_efficientnet_lite0")
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".npy" for p in files) and any(p.suffix == ".safetensors" for p in files)
+    assert all((tmp_path / "c") in p.parents for p in files), files

@@ -18,6 +18,13 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "metashot" / "stores"
 
 
+def cache_dir(kind: str) -> Path:
+    """Folder of another cache (``features``, ``pretrained``): ``$METASHOT_CACHE/<kind>``, else
+    ``~/.cache/metashot/<kind>``: every cache stays under ``$METASHOT_CACHE`` when it is set."""
+    env = os.environ.get("METASHOT_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "metashot") / kind
+
+
 def quiet() -> bool:
     """True when ``$METASHOT_QUIET`` is set (``metashot ... --quiet`` sets it): no progress bars anywhere,
     including the one-off decoding of a dataset into its store and the text encoder's loading bars."""

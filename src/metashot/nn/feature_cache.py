@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metashot._env import cache_root, quiet
+from metashot._env import cache_dir as cache_folder
+from metashot._env import quiet
 
 if TYPE_CHECKING:
     from metashot.data.store import ClassStore
@@ -48,7 +49,7 @@ def feature_store(backbone: TimmBackbone, store: ClassStore, device: str | torch
     The cache is keyed by the trunk's signature (models, weights digest, and whatever else decides the
     features) and the store's identity (:func:`store_identity`), so other weights or other images never
     reuse it. Rows, offsets and class names are those of ``store``, so episodes drawn with the same seed are
-    the same tasks. The default folder is ``features/`` beside :func:`metashot._env.cache_root`.
+    the same tasks. The default folder is :func:`metashot._env.cache_dir` ``("features")``.
 
     Raises:
         ValueError: ``store`` is not an image store, or the trunk's features are not finite (its weights
@@ -61,7 +62,7 @@ def feature_store(backbone: TimmBackbone, store: ClassStore, device: str | torch
                          f"{tuple(store.images.shape)}")
     signature, identity = backbone.trunk_signature, store_identity(store)
     key = hashlib.sha256(f"{signature}|{identity}".encode()).hexdigest()[:24]
-    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "features"
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("features")
     npy = folder / f"{backbone.model_name}-{key}.npy"
     record = {"trunk": signature, "store": identity, "rows": len(store), "dim": backbone.feature_dim}
     meta = dict(store.meta, features_of=backbone.model_name, feature_cache=str(npy))

