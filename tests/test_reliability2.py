@@ -591,3 +591,23 @@ def test_every_cache_stays_under_metashot_cache(tmp_path, monkeypatch):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".npy" for p in files) and any(p.suffix == ".safetensors" for p in files)
     assert all((tmp_path / "c") in p.parents for p in files), files
+
+
+# -- item 6: white ink on a transparent background keeps its ink --------------------------------------------
+
+@pytest.mark.parametrize("ink", [255, 0])
+def test_ink_on_a_transparent_background_is_kept(tmp_path, ink):
+    import numpy as np
+    from PIL import Image
+
+    from metashot.data.omniglot import OMNIGLOT_SPEC
+    from metashot.data.preprocess import preprocess_checked
+
+    grey = np.full((56, 56), ink, np.uint8)  # the colour is the ink's everywhere; the alpha draws the stroke
+    alpha = np.zeros((56, 56), np.uint8)
+    alpha[20:36, 10:46] = 255
+    path = tmp_path / "stroke.png"
+    Image.fromarray(np.stack([grey, alpha], -1), "LA").save(path)
+    arr, _ = preprocess_checked(path, OMNIGLOT_SPEC)
+    stroke, background = arr[0, 10:18, 5:23], arr[0, :4, :4]
+    assert (stroke == 255).all() and (background == 0).all(), arr[0]  # bright ink on dark, as models expect

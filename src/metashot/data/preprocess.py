@@ -261,10 +261,22 @@ def _is_colour_photo(im: Image.Image) -> bool:
     return bool((chroma > _CHROMA).mean() > _COLOUR_FRACTION)
 
 
+def _light_on_transparency(rgba: Image.Image) -> bool:
+    """True when the visible pixels of ``rgba`` (weighted by their alpha) are light on average: light ink on
+    a transparent background, which would vanish on white paper and is composited onto black instead."""
+    a = np.asarray(rgba, dtype=np.float64)
+    alpha = a[..., 3] / 255.0
+    if alpha.sum() == 0 or alpha.min() == 1.0:  # nothing visible, or nothing transparent
+        return False
+    grey = a[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return bool((grey * alpha).sum() / alpha.sum() > 127.5)
+
+
 def _to_mode(im: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL mode (RGBA, LA, P with transparency, CMYK, 16-bit I;16, 32-bit I and F) to L or RGB.
 
-    Transparent pixels are composited onto white, as a viewer shows them (paper, for drawings).
+    Transparent pixels are composited onto white, as a viewer shows them (paper, for drawings), unless the
+    visible pixels are light (white ink on transparency): then onto black, so the ink is kept.
     High-bit-depth images are scaled by the range of their kind, where PIL's plain convert would clip a
     16-bit image to white: I;16 by 0..65535; I by 0..255 when its values fit, else 0..65535 (or its
     maximum); F by 0..1 when its values fit, else 0..255 (or its maximum). NaN pixels are black.
@@ -290,7 +302,8 @@ def _to_mode(im: Image.Image, mode: str) -> Image.Image:
         im = im.convert("LA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        shade = 0 if _light_on_transparency(rgba) else 255  # the ink must stay visible on the background
+        bg = Image.new("RGBA", rgba.size, (shade, shade, shade, 255))
         im = Image.alpha_composite(bg, rgba).convert("RGB")
     if im.mode == mode:
         return im
