@@ -611,3 +611,32 @@ def test_ink_on_a_transparent_background_is_kept(tmp_path, ink):
     arr, _ = preprocess_checked(path, OMNIGLOT_SPEC)
     stroke, background = arr[0, 10:18, 5:23], arr[0, :4, :4]
     assert (stroke == 255).all() and (background == 0).all(), arr[0]  # bright ink on dark, as models expect
+
+
+# -- also: a second Ctrl-C prints one line, not a traceback --------------------------------------------------
+
+def test_a_second_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    import importlib
+    import signal
+
+    from metashot import cli
+    from metashot.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+
+    def two_ctrl_c(*args):  # the training loop's handler: the first asks for a checkpoint, the second aborts
+        with run.stop_signals():
+            signal.raise_signal(signal.SIGINT)
+            assert run.signal == signal.SIGINT
+            signal.raise_signal(signal.SIGINT)
+        pytest.fail("the second Ctrl-C did not abort")
+
+    monkeypatch.setattr(importlib.import_module("metashot.plot"), "plot_any_run", two_ctrl_c)
+    try:
+        rc = cli.main(["plot", str(tmp_path)])
+    except KeyboardInterrupt as e:  # (uncaught, it would also stop pytest)
+        pytest.fail(f"KeyboardInterrupt escaped main(), a traceback: {e}")
+    assert rc == 130
+    err = capsys.readouterr().err.strip()
+    assert "second signal" in err and "intact" in err and "\n" not in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back

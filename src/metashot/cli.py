@@ -399,6 +399,14 @@ def main(argv: list[str] | None = None) -> Any:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C outside a training loop, or a second one inside it: no traceback
+        if a.__dict__.get("debug"):
+            raise
+        said = str(e) or "interrupted"
+        print(f"metashot {a.command}: stopped: {said}"
+              f"{'; the checkpoints written before it are intact' if 'second signal' in said else ''}",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
     except (ValueError, OSError, KeyError, TypeError, RuntimeError, ImportError) as e:
         if a.__dict__.get("debug"):
             raise
