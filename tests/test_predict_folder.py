@@ -224,7 +224,8 @@ def test_classify_is_used_when_the_classifier_has_it() -> None:
 
 @pytest.mark.slow
 def test_photos_in_chunks_match_one_call(tmp_path, data_root, spy):
-    """The bundled `photos` model: chunks of 4 give the labels and confidences of one predict_proba call."""
+    """The bundled `photos` model: with --inductive, chunks of 4 give the labels and confidences of one
+    predict_proba call; with its transductive head, each chunk is one batch (predict_proba on the chunk)."""
     import io
     import zipfile
 
@@ -243,13 +244,20 @@ def test_photos_in_chunks_match_one_call(tmp_path, data_root, spy):
             im.save((sup / c if i < 3 else qry) / f"{c}_{i}.jpg", quality=92)
     out = tmp_path / "pred.csv"
     assert main(["predict", "photos", "--support", str(sup), "--query", str(qry), "--output", str(out),
-                 "--batch-size", "4", "--quiet"]) == 0
+                 "--batch-size", "4", "--quiet", "--inductive"]) == 0
     assert spy == [4, 4, 4, 3]
     rows = _rows(out)
     clf = metashot.load("photos").fit_folder(sup)
     files = sorted(qry.iterdir())
-    proba = clf.predict_proba(files)
+    proba = clf.predict_proba(files, transductive=False)
     assert [Path(r["file"]).name for r in rows] == [f.name for f in files]
     assert [r["label"] for r in rows] == list(clf.classes_[proba.argmax(1)])
     assert np.allclose([float(r["confidence"]) for r in rows], proba.max(1), atol=2e-3)
+    out2 = tmp_path / "pred2.csv"
+    assert main(["predict", "photos", "--support", str(sup), "--query", str(qry), "--output", str(out2),
+                 "--batch-size", "4", "--quiet"]) == 0
+    chunked = np.concatenate([clf.predict_proba(files[i : i + 4]) for i in range(0, len(files), 4)])
+    rows2 = _rows(out2)
+    assert [r["label"] for r in rows2] == list(clf.classes_[chunked.argmax(1)])
+    assert np.allclose([float(r["confidence"]) for r in rows2], chunked.max(1), atol=2e-3)
     assert sum(r["label"] == Path(r["file"]).name.rsplit("_", 1)[0] for r in rows) >= 12

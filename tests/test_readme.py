@@ -60,13 +60,13 @@ def _match(table: dict[str, str] | set[str], code: str) -> str | None:
 
 def _make_photo_files(folder: Path) -> None:
     """The photos the photo quick start names, from Flowers-102 in the shared data: my_photos/<class>/ (5
-    each), new_photos/ (3), and the loose files of its Python snippet."""
+    each), new_photos/ (3), and the loose files of its Python snippets (a third class for partial_fit)."""
     data = Path(os.environ["METASHOT_DATA"]) / "flowers102" / "flowers102_odd.zip"
     with zipfile.ZipFile(data) as z:
         names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
-        classes = sorted({n.split("/")[1] for n in names})[:2]
+        classes = sorted({n.split("/")[1] for n in names})[:3]
         files = {c: [n for n in names if n.split("/")[1] == c] for c in classes}
-        for (label, c) in zip(("mug", "kettle"), classes, strict=True):
+        for (label, c) in zip(("mug", "kettle"), classes[:2], strict=True):
             for i, n in enumerate(files[c][:5]):
                 (folder / "my_photos" / label).mkdir(parents=True, exist_ok=True)
                 (folder / "my_photos" / label / f"{i}.jpg").write_bytes(z.read(n))
@@ -75,7 +75,8 @@ def _make_photo_files(folder: Path) -> None:
             (folder / "new_photos" / f"IMG_{i}.jpg").write_bytes(z.read(n))
         loose = {"mug1.jpg": files[classes[0]][7], "mug2.jpg": files[classes[0]][8],
                  "kettle1.png": files[classes[1]][7], "kettle2.png": files[classes[1]][8],
-                 "photo_041.jpg": files[classes[0]][9]}
+                 "photo_041.jpg": files[classes[0]][9],
+                 "teapot1.jpg": files[classes[2]][0], "teapot2.jpg": files[classes[2]][1]}
         for name, n in loose.items():  # a .png name holding JPEG bytes: Pillow reads by content
             (folder / name).write_bytes(z.read(n))
 

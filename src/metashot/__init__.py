@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from typing import Any
@@ -50,3 +51,17 @@ def __dir__() -> list[str]:
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+def _one_thread_after_fork() -> None:
+    """Fork safety without importing torch here (metashot.nn.threads explains the hang): a forked child of a
+    process that has torch runs its CPU ops on one thread."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(1)
+        except Exception:  # never break a fork over this
+            pass
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)

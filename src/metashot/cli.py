@@ -110,7 +110,7 @@ def _cmd_sinusoid_train(a: argparse.Namespace) -> int:
     if dataset != "sinusoid":
         raise ValueError(f"{a.config}: data.dataset is {dataset!r}; `metashot sinusoid train` needs "
                          f"'sinusoid' (use `metashot train` for image datasets)")
-    a.resume = None
+    a.resume, a.overwrite = None, False  # a used run folder is refused, as by `metashot train`
     return _cmd_train(a)
 
 
