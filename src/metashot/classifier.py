@@ -64,7 +64,7 @@ class FewShotClassifier(EstimatorMixin):
     """
 
     def __init__(self, learner: MetaLearner, image_spec: ImageSpec | None, device: str | torch.device = "cpu",
-                 batch_size: int = 256, meta: dict[str, Any] | None = None,
+                 batch_size: int = 64, meta: dict[str, Any] | None = None,
                  source: str | None = None) -> None:
         self.learner = learner
         self.image_spec = image_spec
