@@ -203,15 +203,9 @@ def _cmd_models(a: argparse.Namespace) -> int:
 
 
 def _cmd_data_verify(a: argparse.Namespace) -> int:
-    from metashot.data.verify import verify_all
+    from metashot.data.verify import print_report
 
-    report = verify_all(a.root)
-    if a.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for name, r in report.items():
-            print(f"{name:34s} {r['status']:8s} {r.get('detail', '')}")
-    return 0 if all(r["status"] in ("ok", "missing") for r in report.values()) else 1
+    return print_report(a.root, a.json)
 
 
 # The parser as a table: (command path, help, function, [(flag, add_argument keywords)]).

@@ -83,9 +83,12 @@ def eval_limits(a: argparse.Namespace) -> None:
     one pass holds at most EVAL_PASS_IMAGES images (episodes do not depend on it: the same numbers)."""
     if a.ways is None:
         return
-    from metashot.checkpoint import read_meta, resolve
+    from metashot.checkpoint import CheckpointError, read_meta, resolve
 
-    cfg = read_meta(resolve(a.checkpoint)).get("config") or {}
+    try:
+        cfg = read_meta(resolve(a.checkpoint)).get("config") or {}
+    except (CheckpointError, OSError, ValueError):
+        return  # loading the checkpoint reports what is wrong with it
     data, ev = cfg.get("data") or {}, cfg.get("eval") or {}
     dataset, split = a.dataset or data.get("dataset"), a.split or data.get("test_split")
     if isinstance(dataset, str) and isinstance(split, str):

@@ -191,12 +191,12 @@ def test_feature_cache_gives_the_same_episodes_and_accuracies(tmp_path, monkeypa
     plain = episode_accuracies(learner, store, 3, 1, 2, episodes=12, seed=5, meta_batch=4, progress=False,
                                cache_features=False)
     np.testing.assert_array_equal(cached, plain)
-    files = list((tmp_path / "features").glob("test_efficientnet-*.npy"))
+    files = list((tmp_path / "stores" / "features").glob("test_efficientnet-*.npy"))
     assert len(files) == 1
     # Other weights never reuse those features.
     other, _ = _tiny_weights(tmp_path, seed=1)
     P.feature_store(P.TimmBackbone("test_efficientnet", pretrained=str(other)), store, progress=False)
-    assert len(list((tmp_path / "features").glob("test_efficientnet-*.npy"))) == 2
+    assert len(list((tmp_path / "stores" / "features").glob("test_efficientnet-*.npy"))) == 2
 
 
 @pytest.mark.usefixtures("one_thread")  # timm's tiny test models: a second thread only spins

@@ -360,3 +360,17 @@ def _mark_checksums(report: Report, per_file: dict[str, Any]) -> None:
         else:
             report[name] = _entry("bad", f"{rel}: sha256 {status} (SHA256SUMS); " + report[name]["detail"])
 
+
+
+def print_report(root: str | None, as_json: bool) -> int:
+    """``metashot data verify``: print :func:`verify_all`'s report (JSON or a line per dataset); the exit code
+    is 1 when a present dataset fails its check, else 0."""
+    import json
+
+    report = verify_all(root)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, r in report.items():
+            print(f"{name:34s} {r['status']:8s} {r.get('detail', '')}")
+    return 0 if all(r["status"] in ("ok", "missing") for r in report.values()) else 1
