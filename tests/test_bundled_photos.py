@@ -181,3 +181,32 @@ def test_unknown_photos_are_labelled_unknown_and_do_not_move_the_others(photos, 
     assert (known_part[kept] == alone[kept]).mean() >= 0.9
     with pytest.raises(ValueError, match="rename that class"):
         photos.fit(sx[:4], ["unknown", "unknown", "b", "b"]).predict(qx[:2], unknown=True)
+
+
+def test_cli_predict_unknown_and_inductive(tmp_path, flowers, data_root):
+    """`metashot predict photos --unknown`: photos of other classes get the label 'unknown' in the CSV;
+    --threshold -1 labels nothing unknown; --inductive gives each photo's alone-answer."""
+    sup, qry = tmp_path / "support", tmp_path / "query"
+    for c in sorted(flowers)[:3]:
+        (sup / c).mkdir(parents=True)
+        for i, im in enumerate(flowers[c][:3]):
+            im.convert("RGB").save(sup / c / f"{i}.jpg")
+    qry.mkdir()
+    others = _flowers(data_root, classes=3, per=3, first=5)
+    for c, ims in others.items():
+        for i, im in enumerate(ims):
+            im.convert("RGB").save(qry / f"other_{c}_{i}.jpg")
+    for c in sorted(flowers)[:3]:
+        flowers[c][4].convert("RGB").save(qry / f"known_{c}.jpg")
+    out = tmp_path / "u.csv"
+    assert main(["predict", "photos", "--support", str(sup), "--query", str(qry), "--output", str(out),
+                 "--unknown", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    other = [r["label"] for r in rows if Path(r["file"]).name.startswith("other_")]
+    known = [r["label"] for r in rows if Path(r["file"]).name.startswith("known_")]
+    assert len(rows) == 12 and other.count("unknown") == 9  # pinned: all 9 photos of other classes
+    assert known == [*sorted(flowers)[:2], "unknown"]  # pinned: one known photo falsely rejected
+    out2 = tmp_path / "t.csv"
+    assert main(["predict", "photos", "--support", str(sup), "--query", str(qry), "--output", str(out2),
+                 "--threshold", "-1", "--quiet", "--inductive"]) == 0
+    assert not any(r["label"] == "unknown" for r in csv.DictReader(out2.open()))
