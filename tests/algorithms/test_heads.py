@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from metashot.algorithms.heads import available_heads, make_head
+from metashot.algorithms.heads.feat import FEAT, SetAttention, load_set_attention, save_set_attention
 from metashot.algorithms.heads.laplacianshot import knn_affinity
 from metashot.algorithms.heads.pt_map import sinkhorn
 from metashot.algorithms.heads.tim import shannon, tsallis
 
 HEADS = ["ncm", "finetune", "transductive_finetune", "soft_kmeans", "bd_cspn", "laplacianshot", "pt_map",
-         "tim", "alpha_tim"]
+         "tim", "alpha_tim", "feat"]
 
 
 def task(seed: int = 0, ways: int = 3, shots: int = 2, queries: int = 4, dim: int = 6,
@@ -215,3 +216,85 @@ def test_head_edge_batches(name: str) -> None:
     assert bool(torch.isfinite(out).all())
     if name not in ("pt_map",):  # PT-MAP's balanced-class constraint forces mass onto the absent class
         assert bool((out.argmax(-1) == yq[:, yq[0] != 2]).all())
+
+
+def trained_layer(dim: int = 6, seed: int = 3) -> SetAttention:
+    """A FEAT layer with random (non-zero) output weights, as if trained."""
+    layer = SetAttention(dim, key_dim=4, rank=3, seed=seed).double()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        layer.w_o.copy_(torch.randn(3, dim, generator=g, dtype=torch.float64))
+    return layer
+
+
+def test_feat_untrained_is_nearest_class_mean() -> None:
+    zs, ys, zq, _ = task()
+    feat, ncm = make_head("feat", scale=7.0), make_head("ncm", scale=7.0)
+    assert torch.equal(feat(zs, ys, zq, 3), ncm(zs, ys, zq, 3))
+    assert not make_head("feat").transductive and make_head("feat", steps=2).transductive
+
+
+def test_feat_set_attention_by_hand() -> None:
+    """p'_k = p_k + sum_l a_kl (p_l W_v) W_o, a_k. = softmax_l((p_k W_q) . (p_l W_k) / sqrt(d_k))."""
+    zs, ys, zq, _ = task()
+    head = FEAT(scale=7.0)
+    head.layer = layer = trained_layer()
+    out = head(zs, ys, zq, 3)[0]
+    m = means(zs[0], ys[0], 3)
+    wq, wk, wv, wo = (t.detach() for t in (layer.w_q, layer.w_k, layer.w_v, layer.w_o))
+    adapted = []
+    for k in range(3):
+        e = [float((m[k] @ wq) @ (m[j] @ wk)) / math.sqrt(4) for j in range(3)]
+        a = [math.exp(x - max(e)) for x in e]
+        a = [x / sum(a) for x in a]
+        adapted.append(m[k] + sum(a[j] * ((m[j] @ wv) @ wo) for j in range(3)))
+    for j in range(zq.shape[1]):
+        for k in range(3):
+            assert out[j, k].item() == pytest.approx(-7.0 * sqd(zq[0, j], adapted[k]), rel=1e-10)
+
+
+def test_feat_refinement_keeps_the_adaptation_by_hand() -> None:
+    """steps=1: soft k-means means from the adapted prototypes, plus the adaptation p'_k - p_k."""
+    zs, ys, zq, _ = task()
+    head = FEAT(scale=7.0, steps=1)
+    head.layer = layer = trained_layer()
+    out = head(zs, ys, zq, 3)[0]
+    m = torch.stack(means(zs[0], ys[0], 3))
+    p1 = layer(m[None])[0].detach()
+    w = torch.stack([torch.tensor([-7.0 * sqd(q, p1[k]) for k in range(3)]).softmax(0) for q in zq[0]])
+    refined = []
+    for k in range(3):
+        s = zs[0][ys[0] == k].sum(0) + sum(w[j, k] * zq[0, j] for j in range(zq.shape[1]))
+        refined.append(s / (int((ys[0] == k).sum()) + float(w[:, k].sum())) + (p1[k] - m[k]))
+    for j in range(zq.shape[1]):
+        for k in range(3):
+            assert out[j, k].item() == pytest.approx(-7.0 * sqd(zq[0, j], refined[k]), rel=1e-8)
+
+
+def test_feat_weights_file_round_trip_and_errors(tmp_path) -> None:
+    layer = trained_layer().float()
+    path = tmp_path / "feat.safetensors"
+    save_set_attention(layer, path, {"models": "x"})
+    loaded = load_set_attention(path)
+    assert all(torch.equal(loaded.state_dict()[k], layer.state_dict()[k]) for k in layer.state_dict())
+    zs, ys, zq, _ = task()
+    head = make_head("feat", weights=str(path))
+    ref = FEAT()
+    ref.layer = layer
+    assert torch.equal(head(zs.float(), ys, zq.float(), 3), ref(zs.float(), ys, zq.float(), 3))
+    with pytest.raises(ValueError, match="8 wide"):
+        head(torch.zeros(1, 3, 8), ys[:, :3], torch.zeros(1, 2, 8), 3)
+    with pytest.raises(ValueError, match="no such FEAT weights file"):
+        load_set_attention(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="junk.safetensors: not a readable safetensors file"):
+        load_set_attention(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a FEAT layer"):
+        load_set_attention(tmp_path / "other.safetensors")
+    bad = trained_layer().float().state_dict()
+    bad["w_o"][0, 0] = float("nan")
+    save_file(bad, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        load_set_attention(tmp_path / "nan.safetensors")
