@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from metashot._env import quiet
 from metashot.csv_safe import spreadsheet_safe
 from metashot.data.folder import IMAGE_SUFFIXES, list_folder, list_images
-from metashot.data.preprocess import ImageSpec, preprocess_checked, to_float
+from metashot.data.preprocess import ImageSpec, decode_hint, preprocess_checked, to_float
 
 if TYPE_CHECKING:
     from metashot.classifier import FewShotClassifier
@@ -78,7 +78,8 @@ def header_problem(path: Path) -> str | None:
                     im.draft(im.mode, (64, 64))
                     im.load()
     except Exception as e:  # PIL raises several types for bad files
-        return str(e).replace(f"'{path}'", "").replace(str(path), "").strip() or type(e).__name__
+        reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip() or type(e).__name__
+        return reason + decode_hint(path)
     return None
 
 

@@ -28,7 +28,9 @@ from metashot.data.preprocess import (
 )
 from metashot.data.store import ClassStore, cached_store
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# HEIC/HEIF through pillow-heif (the vision extra), AVIF where Pillow has libavif (metashot.data.preprocess)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                  ".avif"}
 
 
 def list_folder(root: Path, unreadable: list[Path] | None = None) -> dict[str, list[Path]]:

@@ -104,6 +104,28 @@ class ImageSpec:
         return cls(**d)
 
 
+def _register_heif() -> bool:
+    """Let PIL open HEIC / HEIF photos (the iPhone default) through pillow-heif, when it is installed (the
+    ``vision`` extra); AVIF is read by Pillow itself where it was built with libavif."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF = _register_heif()
+HEIF_SUFFIXES = (".heic", ".heif")
+
+
+def decode_hint(path: Path) -> str:
+    """What to do about an undecodable file beyond replacing it: install pillow-heif for a HEIC photo."""
+    if path.suffix.lower() in HEIF_SUFFIXES and not HEIF:
+        return "; HEIC/HEIF photos need pillow-heif: pip install 'metashot[vision]'"
+    return ""
+
+
 def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Image.Image:
     """Accept a PIL image, a file path, or a uint8 numpy array / torch tensor (HxW, HxWxC or CxHxW).
 
@@ -128,7 +150,7 @@ def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Im
                 # photo is upright, as every photo viewer shows it.
                 return _exif_upright(im, path)
         except Exception as e:  # PIL raises several types for bad files
-            raise ValueError(f"cannot decode image file {path}: {e}") from e
+            raise ValueError(f"cannot decode image file {path}: {e}{decode_hint(path)}") from e
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
