@@ -105,11 +105,12 @@ def test_an_ensemble_in_bf16_normalises_its_members_in_float32(monkeypatch):
 
 
 def test_a_bad_precision_is_one_line_naming_the_setting(monkeypatch):
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, onnx, got 'fp16'"):
         P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="fp16")
     bb, _ = spy_backbone("auto")
     monkeypatch.setenv("METASHOT_PRECISION", "half")
-    with pytest.raises(ValueError, match="METASHOT_PRECISION must be one of auto, fp32, bf16, got 'half'"):
+    with pytest.raises(ValueError,
+                       match="METASHOT_PRECISION must be one of auto, fp32, bf16, onnx, got 'half'"):
         bb.features(X)
 
 
@@ -184,3 +185,94 @@ def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monke
     # and the labels they agree on are mostly right (17 of 20 when written): not agreement on noise
     correct = sum(p == labels[i] for p, i in zip(preds["fp32"], query, strict=True))
     assert correct >= 14
+
+
+# --- precision "onnx": the trunk run by ONNX Runtime (issue 26 item 1) ---------------------------------
+
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path))
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    return tmp_path / "onnx"
+
+
+def test_onnx_matches_the_float32_path_and_its_export_is_cached_and_verified(onnx_cache):
+    """A tf_ EfficientNet (TensorFlow 'SAME' padding) exported for one input size: features equal to the
+    PyTorch float32 path's to rounding; the export is kept, reused, and rebuilt when its file is damaged."""
+    torch.manual_seed(0)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=64, precision="onnx")
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert bb.runs_onnx(x) and bb.trunk_signature.endswith("|onnx-float32")
+    z = bb.features(x)
+    bb.precision = "fp32"
+    ref = bb.features(x)
+    assert not bb.runs_onnx(x) and bb.trunk_signature.endswith("|float32")
+    torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-5)
+    files = sorted(p.suffix for p in onnx_cache.iterdir())
+    assert files == [".json", ".onnx"]
+    onnx = next(onnx_cache.glob("*.onnx"))
+    stamp = onnx.stat().st_mtime_ns
+    bb2 = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=64, precision="onnx")
+    bb2.load_state_dict(bb.state_dict())
+    bb2.trunk.load_state_dict(bb.trunk.state_dict())
+    torch.testing.assert_close(bb2.features(x), z, rtol=0, atol=0)
+    assert onnx.stat().st_mtime_ns == stamp  # reused, not exported again
+    onnx.write_bytes(onnx.read_bytes()[:-10])  # a damaged export
+    bb3 = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=64, precision="onnx")
+    bb3.trunk.load_state_dict(bb.trunk.state_dict())
+    with pytest.warns(UserWarning,
+                      match=r"ONNX cache .*\.onnx failed verification .*SHA-256.*exporting it again"):
+        z3 = bb3.features(x)
+    torch.testing.assert_close(z3, z, rtol=0, atol=0)
+    # other input sizes get their own export; non-square inputs take the PyTorch path
+    assert bb3.features(torch.rand(1, 3, 48, 48)).shape == (1, bb3.feature_dim)
+    assert len(list(onnx_cache.glob("*.onnx"))) == 2
+    assert not bb3.runs_onnx(torch.rand(1, 3, 48, 64))
+
+
+def test_onnx_is_forced_by_the_environment_and_never_for_a_trainable_trunk(onnx_cache, monkeypatch):
+    monkeypatch.setenv("METASHOT_PRECISION", "onnx")
+    bb, spy = spy_backbone("fp32")
+    assert bb.runs_onnx(X) and bb.compute_dtype() == torch.float32
+    bb, spy = spy_backbone("onnx", trainable=True)
+    assert not bb.runs_onnx(X)
+    bb.features(X)
+    assert spy.seen == [False]  # the PyTorch float32 path
+
+
+def test_onnx_without_onnxruntime_is_one_line(onnx_cache, monkeypatch):
+    from metashot.nn import onnx_trunk
+
+    monkeypatch.setattr(onnx_trunk, "onnxruntime_available", lambda: False)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="onnx")
+    with pytest.raises(ValueError, match=r"precision 'onnx' needs ONNX Runtime: pip install"):
+        bb.features(X)
+
+
+@pytest.mark.slow
+def test_photos_through_onnx_runtime_matches_fp32_on_pinned_flowers(photos_and_flowers, monkeypatch):
+    """The bundled backbone through ONNX Runtime: features at cosine >= 0.99999 to PyTorch float32 for all
+    25 pinned photos, the same labels and the same probabilities to 1e-3 in a 5-way 1-shot fit/predict."""
+    from metashot.data.preprocess import preprocess, to_float
+
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    clf, items = photos_and_flowers
+    bb = clf.learner.backbone
+    x = to_float(torch.from_numpy(np.stack([preprocess(im, clf.image_spec) for _, im in items])))
+    labels = [c for c, _ in items]
+    support, query = [i for i in range(25) if i % 5 == 0], [i for i in range(25) if i % 5]
+    feats, preds, probas = {}, {}, {}
+    try:
+        for precision in ("fp32", "onnx"):
+            bb.precision = precision
+            with torch.inference_mode():
+                feats[precision] = bb.features(x)
+            clf.fit([items[i][1] for i in support], [labels[i] for i in support])
+            preds[precision] = clf.predict([items[i][1] for i in query])
+            probas[precision] = clf.predict_proba([items[i][1] for i in query])
+    finally:
+        bb.precision = "auto"
+    cos = F.cosine_similarity(feats["fp32"], feats["onnx"], dim=-1)
+    assert not torch.equal(feats["fp32"], feats["onnx"]) and cos.min() >= 0.99999, cos.tolist()
+    assert list(preds["onnx"]) == list(preds["fp32"])
+    np.testing.assert_allclose(probas["onnx"], probas["fp32"], atol=1e-3)

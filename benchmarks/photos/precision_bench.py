@@ -36,7 +36,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import os
@@ -60,6 +59,7 @@ from torch import nn
 import metashot
 from metashot._env import cpu_has_bf16, data_root
 from metashot.data.preprocess import preprocess, to_float
+from metashot.nn.onnx_trunk import OrtMember, export_member, static_padding
 from metashot.nn.pretrained import ConcatTrunk, TimmBackbone
 
 Features = Callable[[torch.Tensor], torch.Tensor]
@@ -105,21 +105,6 @@ def mini_imagenet_train(spec: Any, n: int) -> torch.Tensor:
 
 # --- making a tf_ EfficientNet traceable / exportable at a fixed input size --------------------------------
 
-class StaticSame(nn.Module):
-    """A TensorFlow 'SAME'-padded convolution at a fixed input size: explicit zero padding, then a plain
-    convolution (timm's Conv2dSame computes the padding from the input's shape at every call)."""
-
-    def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]) -> None:
-        super().__init__()
-        self.pad = nn.ZeroPad2d(pad)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
-                              conv.dilation, conv.groups, conv.bias is not None)
-        self.conv.load_state_dict(conv.state_dict())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.pad(x))
-
-
 class ReLUClamp6(nn.Module):
     """ReLU6 as ReLU (which FX fuses into the convolution before it) followed by a clamp at 6."""
 
@@ -134,28 +119,6 @@ class ReLUClamp6(nn.Module):
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
-def static_padding(model: nn.Module, size: int) -> nn.Module:
-    """A copy of ``model`` with every timm Conv2dSame replaced by :class:`StaticSame` for size x size
-    inputs."""
-    from timm.layers.conv2d_same import Conv2dSame
-    from timm.layers.padding import get_same_padding
-
-    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
-    shapes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: shapes.__setitem__(n, tuple(a[0].shape[-2:])))
-             for n, m in model.named_modules() if isinstance(m, Conv2dSame)]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    for h in hooks:
-        h.remove()
-    for n, (ih, iw) in shapes.items():
-        conv = model.get_submodule(n)
-        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
-        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        _replace(model, n, StaticSame(conv, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
-    return model.eval()
 
 
 def fx_friendly(model: nn.Module) -> nn.Module:
@@ -236,31 +199,11 @@ def int8_pt2e(bb: TimmBackbone, calib: torch.Tensor, size: int) -> Features:
     return combined(bb, out, channels_last=True)
 
 
-class OrtMember(nn.Module):
-    """An ONNX Runtime session as a member: normalised images [B, 3, S, S] -> features [B, D]."""
-
-    def __init__(self, path: str, threads: int, num_features: int) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        self.num_features = num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])
-
-
 def onnx_members(bb: TimmBackbone, size: int, folder: Path) -> list[str]:
     paths = []
     for i, m in enumerate(members_of(bb)):
         path = folder / f"member{i}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(static_padding(m, size), (torch.zeros(2, 3, size, size),), str(path),
-                              input_names=["x"], output_names=["z"],
-                              dynamic_axes={"x": {0: "b"}, "z": {0: "b"}}, dynamo=False, opset_version=17)
+        export_member(m, size, path)  # the library's export (metashot.nn.onnx_trunk)
         paths.append(str(path))
     return paths
 
@@ -403,7 +346,7 @@ def main() -> None:
                 if onnx_paths is None:
                     onnx_paths = onnx_members(bb, spec.size, Path(tmp.name))
                 paths = onnx_paths if name == "ort_fp32" else ort_int8_paths(bb, onnx_paths, calib)
-                variants[name] = combined(bb, [OrtMember(p, a.threads, int(m.num_features))
+                variants[name] = combined(bb, [OrtMember(Path(p), int(m.num_features), a.threads)
                                                for p, m in zip(paths, members_of(bb), strict=True)],
                                           channels_last=False)
             else:

@@ -31,7 +31,7 @@ def quiet() -> bool:
     return os.environ.get("METASHOT_QUIET", "").strip().lower() not in ("", "0", "false", "no")
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "onnx")
 
 
 def cpu_has_bf16() -> bool:
@@ -52,7 +52,7 @@ def cpu_has_bf16() -> bool:
 
 
 def precision_override() -> str | None:
-    """``$METASHOT_PRECISION`` (``fp32``, ``bf16`` or ``auto``) if set: forces the inference precision of
+    """``$METASHOT_PRECISION`` (``fp32``, ``bf16``, ``onnx`` or ``auto``) if set: forces the inference path of
     pretrained backbones everywhere (``fp32`` is the reference path)."""
     env = os.environ.get("METASHOT_PRECISION", "").strip().lower()
     if not env:

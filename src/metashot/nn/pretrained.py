@@ -117,8 +117,12 @@ class TimmBackbone(nn.Module):
             is faster.
         precision: ``auto`` (bfloat16 autocast where the device computes it natively: a CPU with AVX512-BF16
             or AMX, detected by :func:`metashot._env.cpu_has_bf16`, or a CUDA GPU with bf16; float32
-            elsewhere), ``fp32`` (the reference path) or ``bf16``. ``$METASHOT_PRECISION`` overrides it.
-            Only a frozen trunk's forward runs in bfloat16; its features come back as float32.
+            elsewhere), ``fp32`` (the reference path), ``bf16``, or ``onnx``: float32 run by ONNX Runtime
+            on the CPU (:mod:`metashot.nn.onnx_trunk`; each member exported once and cached; several times
+            faster than PyTorch's float32 on a small CPU, features equal to float32's up to rounding; square
+            CPU inputs of a frozen trunk only, others take the PyTorch float32 path).
+            ``$METASHOT_PRECISION`` overrides it. Only a frozen trunk's forward runs in bfloat16 or ONNX
+            Runtime; its features come back as float32.
     """
 
     def __init__(self, model: str | list[str] = "tf_efficientnet_lite0", pretrained: bool | str = True,
@@ -199,7 +203,7 @@ class TimmBackbone(nn.Module):
         bfloat16 or float32, by :attr:`precision`, ``$METASHOT_PRECISION`` and what the device supports. A
         trainable trunk always runs in float32."""
         want = precision_override() or self.precision
-        if self.trainable or want == "fp32":
+        if self.trainable or want in ("fp32", "onnx"):
             return torch.float32
         if want == "bf16":
             return torch.bfloat16
@@ -214,6 +218,8 @@ class TimmBackbone(nn.Module):
             raise ValueError(f"{self.model_name}: expected images [B, {self.mean.shape[1]}, H, W], got "
                              f"{tuple(x.shape)}")
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if self.runs_onnx(x):
+            return self._onnx_trunk(int(x.shape[-1]))(x.contiguous())
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = self.compute_dtype(x.device)
@@ -230,6 +236,28 @@ class TimmBackbone(nn.Module):
         with torch.no_grad() if not self.trainable else contextlib.nullcontext(), amp:
             z = self.trunk(x)
         return z.float() if dtype == torch.bfloat16 and x.dtype == torch.float32 else z
+
+    def runs_onnx(self, x: torch.Tensor | None = None) -> bool:
+        """True when the trunk's forward (on images ``x``) goes through ONNX Runtime (``precision="onnx"``
+        or ``$METASHOT_PRECISION=onnx``; a frozen trunk, square inputs on the CPU)."""
+        if self.trainable or (precision_override() or self.precision) != "onnx":
+            return False
+        return x is None or (x.device.type == "cpu" and x.shape[-1] == x.shape[-2])
+
+    def _onnx_trunk(self, size: int) -> nn.Module:
+        """The trunk with each member replaced by its ONNX Runtime session for size x size inputs (built once
+        per size; the members' power transform and concatenation stay those of :class:`ConcatTrunk`)."""
+        from metashot.nn.onnx_trunk import ort_members
+
+        built = self.__dict__.setdefault("_ort_trunks", {})
+        if size not in built:
+            ensemble = isinstance(self.trunk, ConcatTrunk)
+            members = list(self.trunk.members) if ensemble else [self.trunk]
+            keys = [f"{name}|{state_digest(m.state_dict())}"
+                    for name, m in zip(self.model_name.split("+"), members, strict=True)]
+            ort = ort_members(members, keys, size)
+            built[size] = ConcatTrunk(ort, self.trunk.power) if ensemble else ort[0]  # type: ignore[arg-type]
+        return built[size]
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         # (an ensemble applies the power transform per member, inside its trunk)
@@ -258,7 +286,7 @@ class TimmBackbone(nn.Module):
         """Everything that decides what :meth:`features` returns: models, weights and an ensemble's in-trunk
         power transform (the memory layout changes only the summation order)."""
         power = self.power if isinstance(self.trunk, ConcatTrunk) else None
-        dtype = str(self.compute_dtype()).replace("torch.", "")
+        dtype = "onnx-float32" if self.runs_onnx() else str(self.compute_dtype()).replace("torch.", "")
         size = self.pretrained_cfg["input_size"][-1]  # (the input itself is in the store's key too)
         return f"{self.model_name}|{self.weights_digest}|power={power}|size={size}|{dtype}"
 
