@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metashot.checkpoint import CheckpointError
-from metashot.data.download import file_digest
+from metashot.digest import file_digest
 
 FORMAT = "metashot-fitted-1"
 DESCRIPTION = "classifier.json"

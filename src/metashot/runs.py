@@ -23,16 +23,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from metashot.checkpoint import clean_hidden_copies, recover
+from metashot.signals import handling
 
 LAST, BEST, FINAL = "last", "best", "final"
 CONFIG = "config.yaml"
@@ -274,18 +273,10 @@ class RunDir:
         """Inside the block, SIGINT/SIGTERM set :attr:`signal` (the loop checkpoints and stops after its
         step); with ``second_aborts`` a second one raises KeyboardInterrupt (abort without a checkpoint).
         The handlers of before come back at the end. Off the main thread nothing is installed."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def handler(signum: int, frame: Any) -> None:
             if second_aborts and self.signal is not None:
                 raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
             self.signal = signum
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with handling(handler):
             yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)

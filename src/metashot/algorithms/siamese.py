@@ -24,6 +24,7 @@ pairs with it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -163,6 +164,32 @@ class SiameseNet(MetaLearner):
         if self.training:
             return super().predict_batch(batch)
         return self._class_logits(self._episode_scores(batch, False), batch.support_y, batch.ways).detach()
+
+    def extra_metrics(self, store: Any, pairs: int = 2000, seed: int = 4321, batch: int = 500,
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
+        """Same/different accuracy (percent) on ``pairs`` balanced held-out pairs of ``store`` (a class store,
+        seeded by ``seed``; see :class:`~metashot.data.pairs.PairSampler`)."""
+        from metashot.data.pairs import PairSampler
+        from metashot.data.preprocess import to_float
+
+        sampler = PairSampler(store, batch, seed)
+        was = self.training
+        self.eval()
+        correct = total = 0
+        try:
+            with torch.inference_mode():
+                for i in range(math.ceil(pairs / batch)):
+                    pb = sampler.sample(i)
+                    n = min(batch, pairs - total)
+                    z1 = self.embed(to_float(pb.x1[:n].to(device)))
+                    z2 = self.embed(to_float(pb.x2[:n].to(device)))
+                    scores = self.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
+                    correct += int((self.same_class(scores).cpu() == pb.same[:n]).sum())
+                    total += n
+        finally:
+            self.train(was)
+        return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
+                "dataset": store.meta.get("name", "?")}
 
     def config_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "margin": self.margin, "squared": self.squared, "distort": self.distort,

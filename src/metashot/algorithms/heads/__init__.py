@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metashot.algorithms.protonet import class_means, sq_euclidean
-
-_HEADS: dict[str, type[Head]] = {}
+from metashot.registry import Registry, call_with
 
 
 class Head:
@@ -42,12 +41,13 @@ class Head:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
 
 
+HEADS: Registry[type[Head]] = Registry("head")
+
+
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     """Class decorator: a head constructible by name; a second head with the same name is an error."""
     def deco(cls: type[Head]) -> type[Head]:
-        if name in _HEADS and _HEADS[name] is not cls:
-            raise ValueError(f"head name {name!r} is already registered by {_HEADS[name].__name__}")
-        _HEADS[name] = cls
+        HEADS.add(name, cls)
         cls.name = name
         return cls
     return deco
@@ -55,16 +55,11 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def make_head(name: str, **args: Any) -> Head:
     """The head registered as ``name`` with hyperparameters ``args`` (unknown ones are an error)."""
-    if name not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; available: {', '.join(sorted(_HEADS))}")
-    try:
-        return _HEADS[name](**args)
-    except TypeError as e:
-        raise ValueError(f"head {name!r}: bad arguments {sorted(args)} ({e})") from e
+    return call_with(HEADS.get(name), args, lambda e: f"head {name!r}: bad arguments {sorted(args)} ({e})")
 
 
 def available_heads() -> list[str]:
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def distance_logits(zq: torch.Tensor, protos: torch.Tensor, scale: float) -> torch.Tensor:
