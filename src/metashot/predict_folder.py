@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from metashot.csv_safe import spreadsheet_safe
 from metashot.data.folder import IMAGE_SUFFIXES, list_folder, list_images
 from metashot.data.preprocess import ImageSpec, preprocess_checked, to_float
 
-if TYPE_CHECKING:
-    from metashot.classifier import FewShotClassifier
+# (a metashot.classifier.FewShotClassifier; typed loosely: the classifier module re-exports this one's names)
+FewShotClassifier = Any
 
 HEADER = ["file", "label", "confidence", "note"]
 UNREADABLE = "unreadable"

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
-from metashot.algorithms.protonet import class_sums
 from metashot.nn.backbones import conv_block
+from metashot.nn.prototypes import class_sums
 
 
 class RelationModule(nn.Module):

@@ -304,3 +304,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def group_by_label(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str], list[int]]:
+    """Order (item, label) pairs for a store: classes sorted by name, file order within a class.
+
+    Returns (texts in store order, class names, per-class counts).
+    """
+    by: dict[str, list[str]] = {}
+    for t, y in pairs:
+        by.setdefault(y, []).append(t)
+    names = sorted(by)
+    texts = [t for n in names for t in by[n]]
+    return texts, names, [len(by[n]) for n in names]
