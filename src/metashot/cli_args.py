@@ -8,23 +8,29 @@ import contextlib
 from typing import Any
 
 
+def _parsed(text: str, kind: type, expected: str) -> Any:
+    """``kind(text)``, or the argparse error "expected <expected>, got <text>"."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _int_at_least(text: str, low: int, must: str) -> int:
+    v = _parsed(text, int, f"an integer >= {low}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{must}, got {v}")
+    return v
+
+
 def seed(text: str) -> int:
     """argparse type: a seed, an integer >= 0 (argparse names the flag in the error)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0, "must be an integer >= 0")
 
 
 def threshold(text: str) -> float:
     """argparse type: a finite number in [-1, 1] (a confidence in [0, 1] or a cosine score in [-1, 1])."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    v = _parsed(text, float, "a number")
     if not -1.0 <= v <= 1.0:  # (also refuses nan and inf)
         raise argparse.ArgumentTypeError(f"must be a number in [-1, 1] (a confidence or a cosine score), "
                                          f"got {text!r}")
@@ -33,13 +39,7 @@ def threshold(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 or a negative count is an error, never "use the default")."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _int_at_least(text, 1, "must be >= 1")
 
 
 def dirichlet(text: str) -> float:
