@@ -146,6 +146,19 @@ class MetaLearner(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} ({self.algorithm_name}) has no extra metrics")
 
 
+def embed_episodes(embed: Callable[[torch.Tensor], torch.Tensor], batch: Batch,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   flat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every support and query item of the batch's T tasks through ``embed`` in one pass (after ``transform``,
+    e.g. an augmentation): (zs [T, S, ...], zq [T, Q, ...]); ``flat``: features flattened to [T, S, D]."""
+    T, S = batch.support_x.shape[:2]
+    Q = batch.query_x.shape[1]
+    x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+    z = embed(x if transform is None else transform(x))
+    shape = (-1,) if flat else tuple(z.shape[1:])
+    return z[: T * S].view(T, S, *shape), z[T * S :].view(T, Q, *shape)
+
+
 class BatchedEpisodesMixin:
     """For learners that score every task of a batch in one pass.
 

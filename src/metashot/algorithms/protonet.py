@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
+from metashot.algorithms.base import (
+    Batch,
+    BatchedEpisodesMixin,
+    MetaLearner,
+    Predictor,
+    embed_episodes,
+    register,
+)
 from metashot.nn.prototypes import class_means, class_sums, sq_euclidean  # noqa: F401 (re-exported)
 
 
@@ -59,11 +66,7 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
         # where the paper's implementation also normalises over the whole episode.
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.embed(x)
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = embed_episodes(self.embed, batch)
         protos = class_means(zs, batch.support_y, batch.ways)
         return self._scores(zq, protos)
 

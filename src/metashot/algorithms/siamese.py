@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, embed_episodes, register
 from metashot.data.augment import random_affine
 from metashot.nn.backbones import output_dim
 
@@ -141,13 +141,7 @@ class SiameseNet(MetaLearner):
         return predictor
 
     def _episode_scores(self, batch: Batch, distort: bool) -> torch.Tensor:
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        if distort:
-            x = random_affine(x)
-        z = self.embed(x)
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = embed_episodes(self.embed, batch, random_affine if distort else None)
         return self.pair_scores(zq, zs)  # [T, Q, S]
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

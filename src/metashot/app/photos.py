@@ -8,7 +8,6 @@ that shares the model's learner and holds that session's support set only.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import tempfile
 import threading
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from metashot.classifier import FewShotClassifier, load
-from metashot.csv_safe import spreadsheet_safe
+from metashot.csv_safe import write_rows
 from metashot.data.folder import IMAGE_SUFFIXES
 from metashot.fitted import set_support
 
@@ -222,11 +221,8 @@ def write_csv(rows: list[dict[str, Any]], folder: str) -> str:
     """The rows as ``predictions.csv`` (file,label,confidence,flag; spreadsheet-safe) in ``folder``."""
     out = Path(tempfile.mkdtemp(dir=folder, prefix="csv-")) / "predictions.csv"
     with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "confidence", "flag"])
-        for r in rows:
-            w.writerow([spreadsheet_safe(r["file"]), spreadsheet_safe(r["label"]), f"{r['confidence']:.4f}",
-                        r["flag"]])
+        write_rows(f, ([r["file"], r["label"], f"{r['confidence']:.4f}", r["flag"]] for r in rows),
+                   ["file", "label", "confidence", "flag"])
     return str(out)
 
 

@@ -106,7 +106,7 @@ def predict_text_cli(clf: Any, support: str | Path | None, query: str | Path,
     With ``threshold``, a sentence whose confidence (largest softmax probability) is below it is labelled
     ``oos_label``.
     """
-    from metashot.csv_safe import spreadsheet_safe
+    from metashot.csv_safe import write_rows
 
     if support is not None:  # None: a saved classifier, already fitted
         clf.fit(*read_labelled(support))
@@ -114,12 +114,12 @@ def predict_text_cli(clf: Any, support: str | Path | None, query: str | Path,
     proba = clf.predict_proba(queries)
     out = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
     try:
-        w = csv.writer(out)
-        w.writerow(["text", "label", "confidence"])
+        rows = []
         for t, p in zip(queries, proba, strict=True):
             k = int(p.argmax())
             label = oos_label if threshold is not None and p[k] < threshold else clf.classes_[k]
-            w.writerow([spreadsheet_safe(t), spreadsheet_safe(label), f"{p[k]:.4f}"])
+            rows.append([t, label, f"{p[k]:.4f}"])
+        write_rows(out, rows, ["text", "label", "confidence"])
     finally:
         if output:
             out.close()
