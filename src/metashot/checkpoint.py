@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metashot.algorithms.base import MetaLearner
-from metashot.catalogue import bundled_names, bundled_path
+from metashot.catalogue import CHECKPOINT_CONFIG, bundled_names, bundled_path
 from metashot.checkpoint_files import (  # noqa: F401 (re-exported)
     PRETRAINED_FILE,
     CheckpointError,
@@ -43,7 +43,7 @@ from metashot.factory import build_learner, create_learner  # noqa: F401 (build_
 from metashot.signals import handling
 
 WEIGHTS = "weights.safetensors"
-CONFIG = "config.json"
+CONFIG = CHECKPOINT_CONFIG  # "config.json"
 FORMAT = "metashot-checkpoint-1"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"

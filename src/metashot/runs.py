@@ -34,7 +34,7 @@ from metashot.checkpoint import clean_hidden_copies, recover
 from metashot.signals import handling
 
 LAST, BEST, FINAL = "last", "best", "final"
-CONFIG = "config.yaml"
+RUN_CONFIG = "config.yaml"  # (a checkpoint's config is metashot.checkpoint.CONFIG, config.json)
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
@@ -77,7 +77,7 @@ class RunDir:
 
     @property
     def config_file(self) -> Path:
-        return self.path / CONFIG
+        return self.path / RUN_CONFIG
 
     @property
     def metrics_file(self) -> Path:
@@ -205,7 +205,7 @@ class RunDir:
         """The raw ``config.yaml`` of the run; errors name the folder or the file."""
         p = self.config_file
         if not p.is_file():
-            raise FileNotFoundError(f"{self.path} is not a metashot run folder: {CONFIG} is missing")
+            raise FileNotFoundError(f"{self.path} is not a metashot run folder: {RUN_CONFIG} is missing")
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError as e:
