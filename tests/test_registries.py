@@ -131,3 +131,21 @@ def test_cli_eval_flags_come_from_the_registered_settings() -> None:
     # (a change: --inductive on a learner without a transductive head is named by its flag, like the others)
     assert _message(OverrideError("transductive", "applies to ...")) == "--inductive applies to ..."
     assert _message(OverrideError("inner_lr", "applies to ...")) == "--inner-lr applies to ..."
+
+
+def test_eval_reads_a_folder_splits_classes_from_the_dataset_registry(tmp_path, capsys) -> None:
+    from metashot import cli_args as ca
+    from metashot.cli import main
+
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+    assert ca.split_ways("folder", str(tmp_path), None) == 3  # registered with ways_from_split
+    assert ca.split_ways("omniglot", "test", None) is None  # the checkpoint's own ways
+    assert ca._split_classes("folder", tmp_path.name, str(tmp_path.parent)) == 3
+    assert main(["eval", "protonet-omniglot", "--dataset", "folder", "--split", str(tmp_path), "--ways", "5",
+                 "--quiet"]) == 2
+    assert f"--ways 5: folder split {str(tmp_path)!r} has 3 classes" in capsys.readouterr().err
+    (tmp_path / "b").rmdir()
+    (tmp_path / "c").rmdir()
+    with pytest.raises(ValueError, match="one class subfolder"):
+        ca.split_ways("folder", str(tmp_path), None)

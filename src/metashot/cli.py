@@ -59,8 +59,8 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.evaluate import evaluate_checkpoint
 
-    if a.dataset == "folder" and a.ways is None:
-        a.ways = ca.folder_ways(a.split, a.root)
+    if a.ways is None:
+        a.ways = ca.split_ways(a.dataset, a.split, a.root)
     ca.eval_limits(a)  # --ways within the split's classes, and a forward pass of bounded size
 
     ca.set_threads(a.threads)

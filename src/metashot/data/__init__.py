@@ -18,9 +18,25 @@ from metashot.registry import Registry
 # A dataset is registered with what shared code needs to know of it: its ``modality`` ("image" or "text":
 # text checkpoints take sentences), ``image_spec`` (None: fixed preprocessing; "pretrained": a photo dataset
 # that takes a pretrained model's input pipeline; "always": a user's folder, read with the checkpoint's own
-# preprocessing) and ``test_episodes`` (its paper's standard number of test episodes, None: the config's).
+# preprocessing), ``test_episodes`` (its paper's standard number of test episodes, None: the config's),
+# ``split_classes`` (``(split, root) -> number of classes`` without decoding an image, or None) and
+# ``ways_from_split`` (evaluation defaults to every class of the split, as for a user's folder).
 DATASETS: Registry[Callable[..., ClassStore]] = Registry(
-    "dataset", defaults={"modality": "image", "image_spec": None, "test_episodes": None})
+    "dataset", defaults={"modality": "image", "image_spec": None, "test_episodes": None,
+                         "split_classes": None, "ways_from_split": False})
+
+
+def _omniglot_classes(split: str, root: str | Path | None) -> int:
+    from metashot.data.omniglot import vinyals_split
+
+    return len(vinyals_split(split))
+
+
+def folder_classes(split: str, root: str | Path | None) -> int:
+    """The class subfolders of folder ``split`` (absolute, or relative to ``root``)."""
+    path = Path(split)
+    path = Path(root) / path if root and not path.is_absolute() else path
+    return sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
 Loader = Callable[..., ClassStore]
@@ -52,7 +68,8 @@ def load_split(dataset: str, split: str, root: str | Path | None = None, image_s
     return entry.obj(split=split, root=Path(root) if root else None, image_size=image_size, **options)
 
 
-@register_dataset("omniglot", test_episodes=1000)  # the ProtoNet paper's Omniglot protocol
+# (1000 test episodes: the ProtoNet paper's Omniglot protocol)
+@register_dataset("omniglot", test_episodes=1000, split_classes=_omniglot_classes)
 def _omniglot(split: str, root: Path | None, image_size: int | None, **options: Any) -> ClassStore:
     from metashot.data.omniglot import omniglot
 
@@ -73,7 +90,7 @@ def _flowers(split: str, root: Path | None, image_size: int | None, **options: A
     return flowers102(split, root, image_size or 84, **options)
 
 
-@register_dataset("folder", image_spec="always")
+@register_dataset("folder", image_spec="always", split_classes=folder_classes, ways_from_split=True)
 def _folder(split: str, root: Path | None, image_size: int | None, channels: int = 3, invert: bool = False,
             resize_filter: str = "bilinear", spec: ImageSpec | None = None, **options: Any) -> ClassStore:
     """``split`` is a folder of class subfolders (absolute, or relative to ``root``)."""
