@@ -13,15 +13,12 @@ process killed between the renames leaves a complete hidden copy: :func:`resolve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from metashot.checkpoint_files import (  # noqa: F401 (re-exported)
 )
 from metashot.digest import file_digest
 from metashot.factory import build_learner, create_learner  # noqa: F401 (build_learner: re-exported)
-from metashot.signals import handling
+from metashot.signals import deferred_signals
 
 WEIGHTS = "weights.safetensors"
 CONFIG = CHECKPOINT_CONFIG  # "config.json"
@@ -55,19 +52,6 @@ TRAIN_STATE_FORMAT = "metashot-train-state-1"
 # place; "cleaned": the old copy is removed). Tests replace it with a function that raises or copies the disk.
 def _fault_point(stage: str) -> None:
     return None
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them to the handlers that were
-    installed before (in the order they came): a checkpoint write is never cut between its renames."""
-    received: list[int] = []
-    try:
-        with handling(lambda signum, frame: received.append(signum)):
-            yield
-    finally:
-        for s in received:
-            signal.raise_signal(s)
 
 
 def _hidden_copies(path: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """Swapping the SIGINT/SIGTERM handlers for the length of a block, in one place.
 
 Two uses: a checkpoint write holds the signals back until its renames are done
-(:func:`metashot.checkpoint.deferred_signals`), and a training loop records them to stop after its step
+(:func:`deferred_signals`), and a training loop records them to stop after its step
 (:meth:`metashot.runs.RunDir.stop_signals`). Off the main thread nothing is installed (Python allows handlers
 there only), nor where a handler was installed outside Python (it could not be put back).
 """
@@ -31,3 +31,16 @@ def handling(handler: Callable[[int, Any], None]) -> Iterator[bool]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them to the handlers that were
+    installed before (in the order they came): a checkpoint write is never cut between its renames."""
+    received: list[int] = []
+    try:
+        with handling(lambda signum, frame: received.append(signum)):
+            yield
+    finally:
+        for s in received:
+            signal.raise_signal(s)
