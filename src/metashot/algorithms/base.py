@@ -168,6 +168,8 @@ class BatchedEpisodesMixin:
     stays the per-task reference path.
     """
 
+    embed_episodes = staticmethod(embed_episodes)  # (one pass over a batch's support and query items)
+
     def batched_logits(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 

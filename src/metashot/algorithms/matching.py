@@ -8,14 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import (
-    Batch,
-    BatchedEpisodesMixin,
-    MetaLearner,
-    Predictor,
-    embed_episodes,
-    register,
-)
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.data.augment import random_affine
 from metashot.nn.backbones import output_dim
 
@@ -119,7 +112,7 @@ class MatchingNet(BatchedEpisodesMixin, MetaLearner):
     def batched_logits(self, batch: Batch) -> torch.Tensor:
         # log-probabilities: cross-entropy on them (the default task_loss) is their negative log-likelihood
         distort = self.distort and self.training
-        zs, zq = embed_episodes(self.embed, batch, random_affine if distort else None)
+        zs, zq = self.embed_episodes(self.embed, batch, random_affine if distort else None)
         return self._log_probs(zs, batch.support_y, zq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:

@@ -8,14 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import (
-    Batch,
-    BatchedEpisodesMixin,
-    MetaLearner,
-    Predictor,
-    embed_episodes,
-    register,
-)
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.nn.prototypes import class_means, class_sums, sq_euclidean  # noqa: F401 (re-exported)
 
 
@@ -66,7 +59,7 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
         # where the paper's implementation also normalises over the whole episode.
-        zs, zq = embed_episodes(self.embed, batch)
+        zs, zq = self.embed_episodes(self.embed, batch)
         protos = class_means(zs, batch.support_y, batch.ways)
         return self._scores(zq, protos)
 

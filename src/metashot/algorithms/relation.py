@@ -8,14 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import (
-    Batch,
-    BatchedEpisodesMixin,
-    MetaLearner,
-    Predictor,
-    embed_episodes,
-    register,
-)
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
 from metashot.nn.backbones import conv_block
 from metashot.nn.prototypes import class_sums
 
@@ -87,7 +80,7 @@ class RelationNet(BatchedEpisodesMixin, MetaLearner):
         return F.mse_loss(logits, F.one_hot(query_y, logits.shape[-1]).to(logits.dtype))
 
     def batched_logits(self, batch: Batch) -> torch.Tensor:
-        fs, fq = embed_episodes(self.backbone, batch, flat=False)
+        fs, fq = self.embed_episodes(self.backbone, batch, flat=False)
         return self._scores(fs, batch.support_y, fq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, embed_episodes, register
+from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, register
 from metashot.algorithms.heads import Head, cosine, make_head, prototypes
 from metashot.nn.feature_maps import CENTRES, batch_centre, centre_map, l2n, task_features
 
@@ -117,7 +117,7 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         return HeadPredictor(self, zs, ys)
 
     def batched_logits(self, batch: Batch) -> torch.Tensor:
-        zs, zq = embed_episodes(self.embed, batch)
+        zs, zq = self.embed_episodes(self.embed, batch)
         return self.scores(zs, batch.support_y, zq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:
