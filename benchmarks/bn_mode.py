@@ -31,8 +31,8 @@ from torch import nn
 
 from metashot.algorithms.protonet import ProtoNet, class_means, sq_euclidean
 from metashot.checkpoint import load_checkpoint
-from metashot.data import EpisodeSampler, load_split
-from metashot.evaluate import OMNIGLOT_EPISODES, mean_ci95
+from metashot.data import DATASETS, EpisodeSampler, load_split
+from metashot.evaluate import mean_ci95
 from metashot.nn.functional import batch_stats_only
 
 MODES = ("running", "batch", "episode")
@@ -62,7 +62,7 @@ def run(checkpoint: str, mode: str, episodes: int | None, threads: int) -> dict:
                          f"this script evaluates ProtoNet checkpoints only")
     data, ev = meta["config"]["data"], meta["config"]["eval"]
     if episodes is None:  # as metashot eval: the ProtoNet paper's 1000 episodes on Omniglot
-        episodes = OMNIGLOT_EPISODES if data["dataset"] == "omniglot" else ev["episodes"]
+        episodes = DATASETS.entry(data["dataset"]).test_episodes or ev["episodes"]
     store = load_split(data["dataset"], data["test_split"], data.get("root"), data.get("image_size"),
                        **(data.get("options") or {}))
     model = learner.eval() if mode == "running" else batch_stats_copy(learner)

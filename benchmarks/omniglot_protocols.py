@@ -19,8 +19,8 @@ import json
 import torch
 
 from metashot.checkpoint import load_checkpoint
-from metashot.data import load_split
-from metashot.evaluate import OMNIGLOT_EPISODES, evaluate
+from metashot.data import DATASETS, load_split
+from metashot.evaluate import evaluate
 
 PROTOCOLS = ("rotated", "unrotated")
 
@@ -29,7 +29,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", help="bundled name or run folder of an Omniglot checkpoint")
     ap.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
-    ap.add_argument("--episodes", type=int, default=OMNIGLOT_EPISODES, help="as metashot eval on Omniglot")
+    ap.add_argument("--episodes", type=int,
+                    default=DATASETS.entry("omniglot").test_episodes, help="as metashot eval on Omniglot")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

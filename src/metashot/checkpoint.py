@@ -13,17 +13,12 @@ process killed between the renames leaves a complete hidden copy: :func:`resolve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 import warnings
-from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from metashot.algorithms.base import MetaLearner, algorithm_class
+from metashot.algorithms.base import MetaLearner
+from metashot.catalogue import CHECKPOINT_CONFIG, bundled_names, bundled_path
 from metashot.checkpoint_files import (  # noqa: F401 (re-exported)
     PRETRAINED_FILE,
     CheckpointError,
@@ -39,11 +35,12 @@ from metashot.checkpoint_files import (  # noqa: F401 (re-exported)
     confined_model,
     package_weights_root,
 )
-from metashot.data.download import file_digest
-from metashot.nn.backbones import build_backbone
+from metashot.digest import file_digest
+from metashot.factory import build_learner, create_learner  # noqa: F401 (build_learner: re-exported)
+from metashot.signals import deferred_signals
 
 WEIGHTS = "weights.safetensors"
-CONFIG = "config.json"
+CONFIG = CHECKPOINT_CONFIG  # "config.json"
 FORMAT = "metashot-checkpoint-1"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
@@ -55,29 +52,6 @@ TRAIN_STATE_FORMAT = "metashot-train-state-1"
 # place; "cleaned": the old copy is removed). Tests replace it with a function that raises or copies the disk.
 def _fault_point(stage: str) -> None:
     return None
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them to the handlers that were
-    installed before (in the order they came): a checkpoint write is never cut between its renames."""
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, sigs):
-        yield  # (handlers installed outside Python cannot be put back)
-        return
-    received: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    old = {s: signal.signal(s, hold) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        for s in received:
-            signal.raise_signal(s)
 
 
 def _hidden_copies(path: Path) -> list[Path]:
@@ -141,18 +115,6 @@ def recover(path: str | Path) -> bool:
 
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
-
-
-def build_learner(model_cfg: dict[str, Any], learner_args: dict[str, Any] | None = None) -> MetaLearner:
-    """Construct a learner from a ModelConfig dict (algorithm, backbone, backbone_args, algorithm_args)."""
-    cls = algorithm_class(model_cfg["algorithm"])
-    backbone = build_backbone(model_cfg["backbone"], **model_cfg.get("backbone_args", {}))
-    args = dict(model_cfg.get("algorithm_args", {}))
-    args.update(learner_args or {})
-    try:
-        return cls(backbone, **args)
-    except TypeError as e:
-        raise ValueError(f"algorithm {model_cfg['algorithm']!r}: bad algorithm_args {args}: {e}") from e
 
 
 def save_checkpoint(path: str | Path, learner: MetaLearner, config: dict[str, Any],
@@ -273,17 +235,6 @@ def load_train_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, meta
 
 
-def bundled_path(name: str) -> Path | None:
-    """Folder of a checkpoint shipped inside the package (``metashot/weights/<name>``), if any."""
-    p = Path(str(resources.files("metashot").joinpath("weights", name)))
-    return p if (p / CONFIG).is_file() else None
-
-
-def bundled_names() -> list[str]:
-    root = Path(str(resources.files("metashot").joinpath("weights")))
-    return sorted(p.name for p in root.iterdir() if (p / CONFIG).is_file()) if root.is_dir() else []
-
-
 def resolve(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if (p / CONFIG).is_file():
@@ -372,7 +323,7 @@ def load_checkpoint(
     meta = read_meta(path)
     state = read_weights(path, meta, device)
     model_cfg = confined_model(path, meta, _model_section(path, meta))
-    learner = build_learner(model_cfg, meta.get("learner_args"))
+    learner = create_learner(model_cfg, meta.get("learner_args"))
     ext_keys, ext_digests = external_state(learner)
     recorded = meta.get("external_weights", {})
     if ext_digests != recorded:

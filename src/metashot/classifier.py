@@ -319,7 +319,7 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", *, pretra
     if isinstance(device, str):  # one line for a device this machine lacks, as the CLI's --device
         check_device(device, f"metashot.load({str(name_or_path)!r})", fix="use device='cpu'")
     if is_fitted_folder(name_or_path):
-        return load_fitted(name_or_path, device, model)
+        return load_fitted(name_or_path, device, model, loader=load)
     source = str(name_or_path)
     if source.startswith("timm/") and not Path(source).exists():
         from metashot.timm_load import load_timm

@@ -12,6 +12,7 @@ from typing import Any
 from metashot import __version__, fit_cli
 from metashot import cli_args as ca
 from metashot.devices import check_device
+from metashot.eval_settings import eval_flags, setting_flag, settings_from_flags
 from metashot.messages import one_line_warnings
 from metashot.os_errors import os_error_line
 
@@ -20,8 +21,6 @@ from metashot.os_errors import os_error_line
 SET_HELP = "override a config value, e.g. --set train.seed=1 (repeatable; the value is read as YAML)"
 QUIET_HELP = ("no progress bars, including the one-off bars that decode a dataset into its cache and the "
               "text encoder's loading bars (sets METASHOT_QUIET=1)")
-# The flag of each evaluation setting (metashot.evaluate.EVAL_SETTINGS), to name it in errors.
-SETTING_FLAGS = {"vectorized": "--path", "inner_steps_test": "--inner-steps", "inner_lr": "--inner-lr"}
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -60,18 +59,12 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from metashot.evaluate import evaluate_checkpoint
 
-    if a.dataset == "folder" and a.ways is None:
-        a.ways = ca.folder_ways(a.split, a.root)
+    if a.ways is None:
+        a.ways = ca.split_ways(a.dataset, a.split, a.root)
     ca.eval_limits(a)  # --ways within the split's classes, and a forward pass of bounded size
 
     ca.set_threads(a.threads)
-    settings: dict[str, Any] = {}
-    if a.path:
-        settings["vectorized"] = a.path == "vectorized"
-    if a.inner_steps is not None:
-        settings["inner_steps_test"] = a.inner_steps
-    if a.inductive:
-        settings["transductive"] = False
+    settings = settings_from_flags(vars(a))  # the registered evaluation settings' flags
     res = evaluate_checkpoint(a.checkpoint, dataset=a.dataset, split=a.split, root=a.root, ways=a.ways,
                               shots=a.shots, queries=a.queries, episodes=a.episodes, seed=a.seed,
                               meta_batch=a.meta_batch, device=a.device, progress=not a.quiet,
@@ -253,17 +246,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, Any, list[tuple[str, dict[str, Any]]]
                         help="print one JSON object (acc and ci95 in percent) instead of a sentence")),
         ("--quiet", dict(action="store_true", help=QUIET_HELP + "; bars are drawn on stderr, so --json "
                                                                 "output on stdout is unaffected")),
-        ("--path", dict(choices=["vectorized", "loop"], help="MAML family: adapt the episodes of a batch "
-                        "with vmap or one by one (the same numbers up to rounding; on CPU the loop is faster "
-                        "for large images, e.g. 84x84; default: the checkpoint's own setting)")),
-        ("--inner-steps", dict(type=int, help="MAML family: gradient steps on each support set at test "
-                                              "(default: the checkpoint's inner_steps_test)")),
         ("--imbalance", dict(type=ca.dirichlet, metavar="dirichlet:ALPHA", help="realistic queries: each "
                              "episode's class proportions drawn from Dirichlet(ALPHA), the total fixed at "
                              "ways x queries, at least one per class (Veilleux et al. 2021; default: "
-                             "balanced)")),
-        ("--inductive", dict(action="store_true", help="a transductive head classifies each query alone "
-                             "(its inductive rule, nearest class mean)"))]),
+                             "balanced)")), *eval_flags()]),
     (("predict",), "classify an image or a folder of images (or sentences) from a support set",
      _cmd_predict, [
         ("checkpoint", {}),
@@ -370,8 +356,8 @@ def _message(e: Exception) -> str:
     """The error's one line; an evaluation setting the learner refuses is named by its flag."""
     from metashot.evaluate import OverrideError
 
-    if isinstance(e, OverrideError) and e.name in SETTING_FLAGS:
-        return f"{SETTING_FLAGS[e.name]} {e.reason}"
+    if isinstance(e, OverrideError) and setting_flag(e.name):
+        return f"{setting_flag(e.name)} {e.reason}"
     return os_error_line(e) if isinstance(e, OSError) else str(e)
 
 

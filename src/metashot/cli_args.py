@@ -8,23 +8,29 @@ import contextlib
 from typing import Any
 
 
+def _parsed(text: str, kind: type, expected: str) -> Any:
+    """``kind(text)``, or the argparse error "expected <expected>, got <text>"."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _int_at_least(text: str, low: int, must: str) -> int:
+    v = _parsed(text, int, f"an integer >= {low}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{must}, got {v}")
+    return v
+
+
 def seed(text: str) -> int:
     """argparse type: a seed, an integer >= 0 (argparse names the flag in the error)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0, "must be an integer >= 0")
 
 
 def threshold(text: str) -> float:
     """argparse type: a finite number in [-1, 1] (a confidence in [0, 1] or a cosine score in [-1, 1])."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    v = _parsed(text, float, "a number")
     if not -1.0 <= v <= 1.0:  # (also refuses nan and inf)
         raise argparse.ArgumentTypeError(f"must be a number in [-1, 1] (a confidence or a cosine score), "
                                          f"got {text!r}")
@@ -33,13 +39,7 @@ def threshold(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 or a negative count is an error, never "use the default")."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _int_at_least(text, 1, "must be >= 1")
 
 
 def dirichlet(text: str) -> float:
@@ -56,24 +56,19 @@ def dirichlet(text: str) -> float:
 
 
 
-FOLDER_MAX_WAYS = 20  # eval --dataset folder without --ways: the folder's class count, up to this
+FOLDER_MAX_WAYS = 20  # eval of a user's folder without --ways: the folder's class count, up to this
 EVAL_PASS_IMAGES = 8000  # eval: at most this many images per forward pass (episodes x ways x (shots+queries))
 
 
 def _split_classes(dataset: str, split: str, root: str | None) -> int | None:
-    """The number of classes of a split when it is known without decoding a single image, else None."""
-    if dataset == "omniglot":
-        from metashot.data.omniglot import vinyals_split
+    """The number of classes of a split when it is known without decoding a single image (the dataset's
+    registered ``split_classes``), else None."""
+    from metashot.data import DATASETS
 
-        with contextlib.suppress(ValueError):
-            return len(vinyals_split(split))
-    if dataset == "folder":
-        from pathlib import Path
-
-        path = Path(split)
-        path = Path(root) / path if root and not path.is_absolute() else path
-        with contextlib.suppress(OSError):
-            return sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    count = DATASETS.entry(dataset).split_classes if dataset in DATASETS else None
+    if count is not None:
+        with contextlib.suppress(ValueError, OSError):
+            return int(count(split, root))
     return None
 
 
@@ -103,16 +98,21 @@ def eval_limits(a: argparse.Namespace) -> None:
         a.meta_batch = max(1, min(ev.get("meta_batch", 16), EVAL_PASS_IMAGES // per_episode))
 
 
-def folder_ways(split: str | None, root: str | None) -> int | None:
-    """The default ways of ``eval --dataset folder``: every class subfolder of the folder, up to
-    FOLDER_MAX_WAYS (None when the folder is not there: the loader's error names it)."""
+def split_ways(dataset: str | None, split: str | None, root: str | None) -> int | None:
+    """The default ways of ``eval`` on a dataset registered with ``ways_from_split`` (a user's folder): every
+    class of the split, up to FOLDER_MAX_WAYS; None for other datasets (the checkpoint's own), or when the
+    folder is not there (the loader's error names it)."""
     from pathlib import Path
 
+    from metashot.data import DATASETS
+
+    if dataset not in DATASETS or not DATASETS.entry(dataset).ways_from_split:
+        return None
     path = Path(split or "")
     path = Path(root) / path if root and not path.is_absolute() else path
     if split is None or not path.is_dir():
         return None
-    n = sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    n = _split_classes(dataset, str(split), root) or 0
     if n == 1:
         raise ValueError(f"--split {path}: one class subfolder; an episode needs at least 2 classes")
     return min(n, FOLDER_MAX_WAYS) if n else None

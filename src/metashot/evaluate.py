@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from metashot.algorithms.base import MetaLearner
 from metashot.data.episodes import EpisodeSampler
 from metashot.data.store import ClassStore
+from metashot.eval_settings import EVAL_SETTINGS
 
 DEFAULT_EPISODES = 600
-OMNIGLOT_EPISODES = 1000  # the ProtoNet paper's Omniglot protocol
 
 
 def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
@@ -109,22 +109,11 @@ def evaluate(learner: MetaLearner, store: ClassStore, ways: int = 5, shots: int 
     }
 
 
-# Settings a checkpoint's learner may be evaluated with instead of its own: they change no weight. A learner
-# accepts one when its config_dict() has that key (the constructor argument it is rebuilt with); the value is
-# (type, smallest allowed value or None, what a learner without it lacks).
-EVAL_SETTINGS: dict[str, tuple[type, float | None, str]] = {
-    "vectorized": (bool, None, "no inner loop to vectorise"),
-    "inner_steps_test": (int, 0, "no inner loop"),
-    "inner_lr": (float, None, "no inner-loop step size"),
-    "transductive": (bool, None, "no transductive head"),
-}
-
-
 class OverrideError(ValueError):
     """An evaluation setting the learner does not accept, or a value out of range.
 
-    ``name`` is the setting (a key of :data:`EVAL_SETTINGS`) and ``reason`` the rest of the message, so a
-    caller can name the setting its own way (the CLI names its flag).
+    ``name`` is the setting (registered in :mod:`metashot.eval_settings`) and ``reason`` the rest of the
+    message, so a caller can name the setting its own way (the CLI names its flag).
     """
 
     def __init__(self, name: str, reason: str) -> None:
@@ -140,14 +129,15 @@ def apply_eval_settings(learner: MetaLearner, **settings: Any) -> MetaLearner:
         OverrideError: a name that is no evaluation setting, one the learner's ``config_dict()`` does not
             declare (naming the algorithm), or a value below the setting's minimum.
     """
-    declared = learner.config_dict() if settings else {}
+    declared = learner.eval_settings() if settings else []
     for name, value in settings.items():
         if name not in EVAL_SETTINGS:
-            raise OverrideError(name, f"is not one evaluation may change; those are {sorted(EVAL_SETTINGS)}")
-        kind, low, lacks = EVAL_SETTINGS[name]
+            raise OverrideError(name, f"is not one evaluation may change; those are {EVAL_SETTINGS.names()}")
+        s = EVAL_SETTINGS.get(name)
+        kind, low = s.kind, s.minimum
         if name not in declared:
             raise OverrideError(name, f"applies to the gradient-based learners (whose config has {name!r}); "
-                                      f"{type(learner).__name__} ({learner.algorithm_name}) has {lacks}")
+                                      f"{type(learner).__name__} ({learner.algorithm_name}) has {s.lacks}")
         if low is not None and value < low:
             raise OverrideError(name, f"must be >= {low}, got {value}")
         setattr(learner, name, kind(value))
@@ -186,7 +176,7 @@ def evaluate_checkpoint(name_or_path: str | Path, *, dataset: str | None = None,
     ``checkpoint``.
     """
     from metashot.checkpoint import load_checkpoint
-    from metashot.data import load_split
+    from metashot.data import DATASETS, load_split
     from metashot.data.checks import check_channels
 
     learner, meta = load_checkpoint(name_or_path, device)
@@ -195,10 +185,11 @@ def evaluate_checkpoint(name_or_path: str | Path, *, dataset: str | None = None,
     data, ev = config_sections(meta, name_or_path)
     dataset = dataset or data["dataset"]
     split = split or data["test_split"]
-    episodes = _given(episodes, OMNIGLOT_EPISODES if dataset == "omniglot" else ev["episodes"])
+    info = DATASETS.entry(dataset)
+    episodes = _given(episodes, info.test_episodes or ev["episodes"])
     options = dict(data.get("options") or {}) if dataset == data["dataset"] else {}
     spec = meta.get("image_spec")
-    if spec and (dataset == "folder" or ("crop_pct" in spec and dataset in ("mini_imagenet", "flowers102"))):
+    if spec and (info.image_spec == "always" or ("crop_pct" in spec and info.image_spec == "pretrained")):
         # A user's own folder is read as `predict` reads it, with the checkpoint's preprocessing (size,
         # channels, ink polarity, crop); so is a photo dataset for a pretrained model's own input pipeline.
         options["image_spec"] = spec
@@ -228,29 +219,8 @@ def _concat(batches: list) -> Any:
 def verification_accuracy(learner: MetaLearner, store: ClassStore, pairs: int = 2000, seed: int = 4321,
                           batch: int = 500, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Same/different accuracy (percent) of a Siamese ``learner`` on ``pairs`` balanced held-out pairs of
-    ``store`` (seeded by ``seed``; see :class:`~metashot.data.pairs.PairSampler`)."""
-    from metashot.algorithms.siamese import SiameseNet
-    from metashot.data.pairs import PairSampler
-    from metashot.data.preprocess import to_float
-
-    if not isinstance(learner, SiameseNet):
+    ``store`` (seeded by ``seed``): the learner's ``extra_metrics``."""
+    if type(learner).extra_metrics is MetaLearner.extra_metrics:
         raise ValueError(f"verification_accuracy: needs a Siamese network (algorithm 'siamese'), got "
                          f"{type(learner).__name__} ({learner.algorithm_name})")
-    sampler = PairSampler(store, batch, seed)
-    was = learner.training
-    learner.eval()
-    correct = total = 0
-    try:
-        with torch.inference_mode():
-            for i in range(math.ceil(pairs / batch)):
-                pb = sampler.sample(i)
-                n = min(batch, pairs - total)
-                z1 = learner.embed(to_float(pb.x1[:n].to(device)))
-                z2 = learner.embed(to_float(pb.x2[:n].to(device)))
-                scores = learner.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
-                correct += int((learner.same_class(scores).cpu() == pb.same[:n]).sum())
-                total += n
-    finally:
-        learner.train(was)
-    return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
-            "dataset": store.meta.get("name", "?")}
+    return learner.extra_metrics(store, pairs=pairs, seed=seed, batch=batch, device=device)

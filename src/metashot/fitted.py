@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metashot.checkpoint import CheckpointError
-from metashot.data.download import file_digest
+from metashot.digest import file_digest
 
 FORMAT = "metashot-fitted-1"
 DESCRIPTION = "classifier.json"
@@ -271,19 +271,20 @@ def read_description(path: str | Path) -> dict[str, Any]:
 
 
 def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
-                base: Any = None) -> Any:
-    """Rebuild a saved classifier: its model by name (or ``model``, or the already loaded unfitted
-    classifier ``base``, whose learner is shared), checked against the recorded digest."""
-    from metashot.classifier import FewShotClassifier, load
-
+                base: Any = None, loader: Callable[..., Any] | None = None) -> Any:
+    """Rebuild a saved classifier: its model by name (or ``model``) loaded with ``loader``
+    (:func:`metashot.classifier.load`), or the already loaded unfitted classifier ``base``, whose learner is
+    shared; checked against the recorded digest."""
     path = Path(path)
     desc = read_description(path)
     rec = desc["model"]
     name = model or rec.get("name")
     if base is not None:
-        base = FewShotClassifier(**dict(base.get_params(), device=device))
+        base = type(base)(**dict(base.get_params(), device=device))
+    elif loader is not None:
+        base = loader(name, device, **(rec.get("load_args") or {}))
     else:
-        base = load(name, device, **(rec.get("load_args") or {}))
+        raise ValueError("load_fitted: give the loaded model (base=) or how to load it (loader=)")
     digest = model_digest(base)
     if digest != rec.get("digest"):
         raise CheckpointError(f"saved classifier {path} was fitted on model {rec.get('name')!r} with "

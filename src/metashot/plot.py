@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metashot.pyplot import pyplot
+
 PNG = "learning_curves.png"
 
 
@@ -44,20 +46,6 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[s
     return train, val
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError(
-            "metashot plot needs matplotlib, an optional dependency: "
-            "pip install 'metashot[plot]' (or pip install matplotlib)"
-        ) from e
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def train_acc_percent(records: list[dict[str, Any]]) -> list[float]:
     """Training accuracies in percent. The Trainer logs percent; runs written before it did logged fractions
     in [0, 1] (all values <= 1, which percent accuracies of N-way classification never are in a run)."""
@@ -79,7 +67,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         ImportError: matplotlib is not installed (the message says how to install it).
     """
     train, val = read_metrics(run_dir)
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(output) if output else Path(run_dir) / PNG
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     if train:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from metashot._env import quiet
-from metashot.csv_safe import spreadsheet_safe
+from metashot.csv_safe import spreadsheet_safe, write_rows
 from metashot.data.folder import IMAGE_SUFFIXES, list_folder, list_images
 from metashot.data.preprocess import ImageSpec, decode_hint, preprocess_checked, to_float
 
-if TYPE_CHECKING:
-    from metashot.classifier import FewShotClassifier
+# (a metashot.classifier.FewShotClassifier; typed loosely: the classifier module re-exports this one's names)
+FewShotClassifier = Any
 
 HEADER = ["file", "label", "confidence", "note"]
 UNREADABLE = "unreadable"
@@ -143,7 +143,7 @@ def _open_output(output: Path, keep: int) -> TextIO:
     """``output`` opened for appending after its first ``keep`` bytes (a fresh file with the header if 0)."""
     if keep == 0:
         out = open(output, "w", newline="", encoding="utf-8")
-        csv.writer(out).writerow(HEADER)
+        write_rows(out, [], HEADER)
         out.flush()
         return out
     if output.stat().st_size != keep:
@@ -232,7 +232,7 @@ def predict_images_csv(clf: FewShotClassifier, support: str | Path | None, query
         clf.fit(*_support(classes, bad))
     out = _open_output(out_path, keep) if out_path is not None else sys.stdout
     if out_path is None:
-        csv.writer(out).writerow(HEADER)
+        write_rows(out, [], HEADER)
     try:
         return _stream(clf, todo, bad, out, batch_size, skip_unreadable, transductive, unknown,
                        progress, initial=len(queries) - len(todo), total=len(queries), output=out_path)
@@ -284,8 +284,7 @@ def _stream(clf: FewShotClassifier, todo: list[Path], bad: dict[Path, str], out:
                 arrs.append(arr)
                 seen.append(p)
                 notes.append(note)
-            buf = io.StringIO()
-            w = csv.writer(buf)
+            buf, lines = io.StringIO(), []
             if arrs:
                 labels, proba = classify_chunk(clf, to_float(torch.from_numpy(np.stack(arrs))), transductive,
                                                unknown)
@@ -295,9 +294,10 @@ def _stream(clf: FewShotClassifier, todo: list[Path], bad: dict[Path, str], out:
                     p, j = r
                     k = col.get(labels[j])  # "unknown" (open set) has no column: its largest probability
                     conf = proba[j, k] if k is not None else proba[j].max()
-                    w.writerow([spreadsheet_safe(p), spreadsheet_safe(labels[j]), f"{conf:.4f}", ""])
+                    lines.append([p, labels[j], f"{conf:.4f}", ""])
                 else:
-                    w.writerow(r)
+                    lines.append(r)
+            write_rows(buf, lines)
             out.write(buf.getvalue())
             out.flush()
             written += len(cur)

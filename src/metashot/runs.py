@@ -23,19 +23,18 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from metashot.checkpoint import clean_hidden_copies, recover
+from metashot.signals import handling
 
 LAST, BEST, FINAL = "last", "best", "final"
-CONFIG = "config.yaml"
+RUN_CONFIG = "config.yaml"  # (a checkpoint's config is metashot.checkpoint.CONFIG, config.json)
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
@@ -78,7 +77,7 @@ class RunDir:
 
     @property
     def config_file(self) -> Path:
-        return self.path / CONFIG
+        return self.path / RUN_CONFIG
 
     @property
     def metrics_file(self) -> Path:
@@ -206,7 +205,7 @@ class RunDir:
         """The raw ``config.yaml`` of the run; errors name the folder or the file."""
         p = self.config_file
         if not p.is_file():
-            raise FileNotFoundError(f"{self.path} is not a metashot run folder: {CONFIG} is missing")
+            raise FileNotFoundError(f"{self.path} is not a metashot run folder: {RUN_CONFIG} is missing")
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError as e:
@@ -274,18 +273,10 @@ class RunDir:
         """Inside the block, SIGINT/SIGTERM set :attr:`signal` (the loop checkpoints and stops after its
         step); with ``second_aborts`` a second one raises KeyboardInterrupt (abort without a checkpoint).
         The handlers of before come back at the end. Off the main thread nothing is installed."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def handler(signum: int, frame: Any) -> None:
             if second_aborts and self.signal is not None:
                 raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
             self.signal = signum
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with handling(handler):
             yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)

@@ -1,4 +1,5 @@
-"""A Trainer's training state as (named tensors, JSON) and back: what ``last/`` holds besides the weights.
+"""A Trainer's training state (:meth:`metashot.trainer.Trainer.state_dict`) as (named tensors, JSON) and back:
+what ``last/`` holds besides the weights.
 
 Everything the next step depends on is saved: optimizer moments, the schedule, every RNG state (torch CPU
 and CUDA, numpy, Python), the step, the best validation score and the early-stopping count, so an
@@ -9,19 +10,14 @@ tensors go to ``train_state.safetensors`` and the rest to ``train_state.json`` (
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from metashot.checkpoint import CheckpointError, load_train_state, read_meta, read_weights
-from metashot.optim import make_schedule
-
-if TYPE_CHECKING:
-    from metashot.train import Trainer
 
 
 def optimizer_state_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -87,59 +83,37 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((v, tuple(int(x) for x in tensors["rng.python"].tolist()), g))
 
 
-def trainer_state(tr: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Everything the next step of ``tr`` depends on besides the weights: (tensors, JSON-able dict)."""
-    ot, om = optimizer_state_flat(tr.opt)
-    rt, rm = rng_state()
-    meta = {
-        "step": tr.step,
-        "optimizer": om,
-        "scheduler": tr.sched.state_dict(),
-        "rng": rm,
-        "best_acc": None if tr.best_acc == -math.inf else tr.best_acc,
-        "best_step": tr.best_step,
-        "stale": tr.stale,
-        "elapsed_s": tr.elapsed,
-        "window": tr.window,
-        "world_size": tr.dist.world_size,
-    }
-    return {**ot, **rt}, meta
+def state_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A :meth:`Trainer.state_dict <metashot.trainer.Trainer.state_dict>` as (named tensors, JSON-able dict):
+    what :func:`metashot.checkpoint.save_train_state` writes."""
+    (ot, om), (rt, rm) = state["optimizer"], state["rng"]
+    return {**ot, **rt}, {**state, "optimizer": om, "rng": rm}
 
 
-def load_trainer_state(tr: Trainer, path: str | Path) -> None:
-    """Resume ``tr`` from checkpoint ``path`` (usually ``RUN/last``): weights, optimizer, schedule, RNG,
-    step, best metric; on the main rank the metrics log loses the records past that step.
+def read_train_state(path: str | Path) -> dict[str, Any]:
+    """The training state that checkpoint ``path`` holds, as a Trainer's ``state_dict`` (inverse of
+    :func:`state_files` after the files were written and checked).
 
     Raises:
-        CheckpointError: no training state, a file that does not match its SHA-256, or weights that do not
-            fit the model.
+        CheckpointError: no training state, or a file that does not match its SHA-256.
+    """
+    tensors, meta = load_train_state(path)
+    return {**meta, "optimizer": (tensors, meta["optimizer"]), "rng": (tensors, meta["rng"])}
+
+
+def load_weights(learner: torch.nn.Module, path: str | Path, device: str | torch.device) -> None:
+    """Load the weights of checkpoint ``path`` into ``learner`` (all of them, checked against their SHA-256).
+
+    Raises:
+        CheckpointError: an unreadable or modified file, or weights that do not fit the model.
     """
     path = Path(path)
     meta = read_meta(path)
-    state = read_weights(path, meta, tr.device)  # checks the SHA-256; unreadable files: CheckpointError
+    state = read_weights(path, meta, device)  # checks the SHA-256; unreadable files: CheckpointError
     try:
-        tr.learner.load_state_dict(state, strict=True)
+        learner.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(
             f"checkpoint {path}: weights do not match this run's model "
             f"({str(e).splitlines()[0]}); resume with the run's own config"
         ) from e
-    tensors, meta = load_train_state(path)
-    optimizer_state_unflat(tr.opt, tensors, meta["optimizer"])
-    step = int(meta["step"])
-    base = tr.cfg.train.lr
-    if all(lr == base for lr in meta["scheduler"]["base_lrs"]):
-        tr.sched.load_state_dict(meta["scheduler"])
-    else:  # resumed with --set train.lr=...: it wins; the schedule's closed form gives the rate at `step`
-        for g in tr.opt.param_groups:
-            g["initial_lr"] = base
-        tr.sched = make_schedule(tr.opt, tr.cfg, step)
-    set_rng_state(tensors, meta["rng"])
-    tr.step = step
-    tr.best_acc = -math.inf if meta["best_acc"] is None else float(meta["best_acc"])
-    tr.best_step = meta["best_step"]
-    tr.stale = int(meta["stale"])
-    tr.elapsed = float(meta["elapsed_s"])
-    tr.window = list(meta["window"])
-    if tr.dist.is_main:
-        tr.run.truncate_metrics(tr.step)

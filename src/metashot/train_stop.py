@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -25,8 +25,8 @@ from metashot.data.episodes import EpisodeBatch
 from metashot.optim import NonFiniteLossError, non_finite_names
 from metashot.runs import LAST
 
-if TYPE_CHECKING:
-    from metashot.train import Trainer
+# ``tr`` below is a metashot.trainer.Trainer (typed loosely: the Trainer imports this module)
+Trainer = Any
 
 
 def failed_at(e: NonFiniteLossError, step: int) -> NonFiniteLossError:

@@ -15,6 +15,7 @@ attributes of :class:`Batch`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,10 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metashot.registry import Registry
+
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 TaskScores = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-_REGISTRY: dict[str, type[MetaLearner]] = {}
+# (the package imports every algorithm module; looking a name up first makes sure that happened)
+ALGORITHMS: Registry[type[MetaLearner]] = Registry(
+    "algorithm", on_lookup=lambda: importlib.import_module("metashot.algorithms"))
 
 
 class Batch(Protocol):
@@ -43,28 +48,22 @@ class Batch(Protocol):
 
 
 def register(name: str) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
-    """Class decorator: make an algorithm constructible by name from configs and checkpoints."""
+    """Class decorator: make an algorithm constructible by name from configs and checkpoints (a name taken
+    by another class is an error). What shared code needs to know of it are its declared fields
+    (``adapt_needs_grad``, ``uses_queries``) and methods (``eval_settings``, ``extra_metrics``)."""
     def deco(cls: type[MetaLearner]) -> type[MetaLearner]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = cls
+        ALGORITHMS.add(name, cls)
         cls.algorithm_name = name
         return cls
     return deco
 
 
 def algorithm_class(name: str) -> type[MetaLearner]:
-    import metashot.algorithms  # noqa: F401  (registers the built-in algorithms)
-
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return ALGORITHMS.get(name)
 
 
 def available_algorithms() -> list[str]:
-    import metashot.algorithms  # noqa: F401
-
-    return sorted(_REGISTRY)
+    return ALGORITHMS.names()
 
 
 class MetaLearner(nn.Module):
@@ -134,6 +133,31 @@ class MetaLearner(nn.Module):
         """Constructor arguments that rebuild this learner (besides the backbone); stored in checkpoints."""
         return {}
 
+    def eval_settings(self) -> list[str]:
+        """The evaluation settings (:mod:`metashot.eval_settings`) this learner accepts: the constructor
+        arguments it is rebuilt with that evaluation may change without touching a weight."""
+        from metashot.eval_settings import EVAL_SETTINGS
+
+        return [k for k in self.config_dict() if k in EVAL_SETTINGS]
+
+    def extra_metrics(self, store: Any, **options: Any) -> dict[str, Any]:
+        """Metrics of this algorithm beyond episode accuracy, on a class store (e.g. a Siamese network's
+        same/different accuracy); None for an algorithm that has none."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.algorithm_name}) has no extra metrics")
+
+
+def embed_episodes(embed: Callable[[torch.Tensor], torch.Tensor], batch: Batch,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   flat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every support and query item of the batch's T tasks through ``embed`` in one pass (after ``transform``,
+    e.g. an augmentation): (zs [T, S, ...], zq [T, Q, ...]); ``flat``: features flattened to [T, S, D]."""
+    T, S = batch.support_x.shape[:2]
+    Q = batch.query_x.shape[1]
+    x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+    z = embed(x if transform is None else transform(x))
+    shape = (-1,) if flat else tuple(z.shape[1:])
+    return z[: T * S].view(T, S, *shape), z[T * S :].view(T, Q, *shape)
+
 
 class BatchedEpisodesMixin:
     """For learners that score every task of a batch in one pass.
@@ -143,6 +167,8 @@ class BatchedEpisodesMixin:
     for equal query counts) and, in eval mode, ``predict_batch`` from it. In training mode ``predict_batch``
     stays the per-task reference path.
     """
+
+    embed_episodes = staticmethod(embed_episodes)  # (one pass over a batch's support and query items)
 
     def batched_logits(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

@@ -112,11 +112,7 @@ class MatchingNet(BatchedEpisodesMixin, MetaLearner):
     def batched_logits(self, batch: Batch) -> torch.Tensor:
         # log-probabilities: cross-entropy on them (the default task_loss) is their negative log-likelihood
         distort = self.distort and self.training
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.embed(random_affine(x) if distort else x)
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = self.embed_episodes(self.embed, batch, random_affine if distort else None)
         return self._log_probs(zs, batch.support_y, zq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import MetaLearner, Predictor, register
-from metashot.algorithms.protonet import class_means
+from metashot.nn.prototypes import class_means
 
 
 @register("ncm")

@@ -9,34 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
-
-
-def class_sums(z: torch.Tensor, y: torch.Tensor, ways: int,
-               owner: str = "ProtoNet") -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and count of each class's embeddings: z [..., S, D], y [..., S] (int64, 0..ways-1) ->
-    (sums [..., ways, D], counts [..., ways, 1]), both of z's dtype.
-
-    The one place the prototype rule is written (a mean is ``sums / counts``; Relation Networks and the
-    cosine rules, which normalise afterwards, use the sums). Raises ValueError naming ``owner`` when a class
-    has no example.
-    """
-    onehot = F.one_hot(y, ways).to(z.dtype)  # [..., S, N]
-    counts = onehot.sum(-2).unsqueeze(-1)
-    if bool((counts == 0).any()):
-        raise ValueError(f"{owner}: a class in 0..{ways - 1} has no support example; labels must be 0..N-1")
-    return onehot.transpose(-1, -2) @ z, counts
-
-
-def class_means(z: torch.Tensor, y: torch.Tensor, ways: int, owner: str = "ProtoNet") -> torch.Tensor:
-    """Prototypes, the mean embedding of each class: z [..., S, D], y [..., S] (0..N-1) -> [..., ways, D]."""
-    sums, counts = class_sums(z, y, ways, owner)
-    return sums / counts
-
-
-def sq_euclidean(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distance between rows: q [..., M, D], p [..., N, D] -> [..., M, N]."""
-    d = q.pow(2).sum(-1, keepdim=True) - 2 * q @ p.transpose(-1, -2) + p.pow(2).sum(-1).unsqueeze(-2)
-    return d.clamp_min(0)
+from metashot.nn.prototypes import class_means, class_sums, sq_euclidean  # noqa: F401 (re-exported)
 
 
 @register("protonet")
@@ -86,11 +59,7 @@ class ProtoNet(BatchedEpisodesMixin, MetaLearner):
         # One forward over every task's support and query items. Equal to the per-task path when the
         # backbone's batch norm uses running statistics (eval) and up to BN's batch statistics in training,
         # where the paper's implementation also normalises over the whole episode.
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.embed(x)
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = self.embed_episodes(self.embed, batch)
         protos = class_means(zs, batch.support_y, batch.ways)
         return self._scores(zq, protos)
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import Batch, BatchedEpisodesMixin, MetaLearner, Predictor, register
-from metashot.algorithms.protonet import class_sums
 from metashot.nn.backbones import conv_block
+from metashot.nn.prototypes import class_sums
 
 
 class RelationModule(nn.Module):
@@ -80,11 +80,8 @@ class RelationNet(BatchedEpisodesMixin, MetaLearner):
         return F.mse_loss(logits, F.one_hot(query_y, logits.shape[-1]).to(logits.dtype))
 
     def batched_logits(self, batch: Batch) -> torch.Tensor:
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        f = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        return self._scores(f[: T * S].view(T, S, *f.shape[1:]), batch.support_y,
-                            f[T * S :].view(T, Q, *f.shape[1:]), batch.ways)
+        fs, fq = self.embed_episodes(self.backbone, batch, flat=False)
+        return self._scores(fs, batch.support_y, fq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:
         return {"input_shape": self.input_shape, "hidden": self.hidden}

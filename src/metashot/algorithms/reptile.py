@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashot.algorithms.base import Batch, register
-from metashot.algorithms.maml import MAML
+from metashot.algorithms.inner_loop import InnerLoopLearner
 from metashot.nn.functional import params_and_buffers
 
 
 @register("reptile")
-class Reptile(MAML):
+class Reptile(InnerLoopLearner):
     """Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018).
 
     For each task, k steps of SGD on its support loss take theta to phi_i = U^k_{T_i}(theta); the meta-update

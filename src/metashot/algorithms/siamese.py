@@ -24,13 +24,14 @@ pairs with it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.base import Batch, MetaLearner, Predictor, register
+from metashot.algorithms.base import Batch, MetaLearner, Predictor, embed_episodes, register
 from metashot.data.augment import random_affine
 from metashot.nn.backbones import output_dim
 
@@ -140,13 +141,7 @@ class SiameseNet(MetaLearner):
         return predictor
 
     def _episode_scores(self, batch: Batch, distort: bool) -> torch.Tensor:
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        if distort:
-            x = random_affine(x)
-        z = self.embed(x)
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = embed_episodes(self.embed, batch, random_affine if distort else None)
         return self.pair_scores(zq, zs)  # [T, Q, S]
 
     def meta_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -163,6 +158,32 @@ class SiameseNet(MetaLearner):
         if self.training:
             return super().predict_batch(batch)
         return self._class_logits(self._episode_scores(batch, False), batch.support_y, batch.ways).detach()
+
+    def extra_metrics(self, store: Any, pairs: int = 2000, seed: int = 4321, batch: int = 500,
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
+        """Same/different accuracy (percent) on ``pairs`` balanced held-out pairs of ``store`` (a class store,
+        seeded by ``seed``; see :class:`~metashot.data.pairs.PairSampler`)."""
+        from metashot.data.pairs import PairSampler
+        from metashot.data.preprocess import to_float
+
+        sampler = PairSampler(store, batch, seed)
+        was = self.training
+        self.eval()
+        correct = total = 0
+        try:
+            with torch.inference_mode():
+                for i in range(math.ceil(pairs / batch)):
+                    pb = sampler.sample(i)
+                    n = min(batch, pairs - total)
+                    z1 = self.embed(to_float(pb.x1[:n].to(device)))
+                    z2 = self.embed(to_float(pb.x2[:n].to(device)))
+                    scores = self.pair_scores(z1.unsqueeze(1), z2.unsqueeze(1)).reshape(n)
+                    correct += int((self.same_class(scores).cpu() == pb.same[:n]).sum())
+                    total += n
+        finally:
+            self.train(was)
+        return {"verification_acc": round(100 * correct / total, 4), "pairs": total, "seed": seed,
+                "dataset": store.meta.get("name", "?")}
 
     def config_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "margin": self.margin, "squared": self.squared, "distort": self.distort,

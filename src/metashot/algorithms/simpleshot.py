@@ -117,10 +117,7 @@ class SimpleShot(BatchedEpisodesMixin, MetaLearner):
         return HeadPredictor(self, zs, ys)
 
     def batched_logits(self, batch: Batch) -> torch.Tensor:
-        T, S = batch.support_x.shape[:2]
-        Q = batch.query_x.shape[1]
-        z = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = self.embed_episodes(self.embed, batch)
         return self.scores(zs, batch.support_y, zq, batch.ways)
 
     def config_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from metashot.app import extras
+import metashot.app.extras as extras
 from metashot.app.photos import (
     MAX_PHOTO_MB,
     AppError,

@@ -8,7 +8,6 @@ that shares the model's learner and holds that session's support set only.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import tempfile
 import threading
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from metashot.classifier import FewShotClassifier, load
-from metashot.csv_safe import spreadsheet_safe
+from metashot.csv_safe import write_rows
 from metashot.data.folder import IMAGE_SUFFIXES
 from metashot.fitted import set_support
 
@@ -122,13 +121,7 @@ def gather(files: Sequence[str] | None, folder: str | None, class_name: str, tmp
     for f in files or []:
         p = Path(f)
         if p.suffix.lower() == ".zip":
-            dest = Path(tempfile.mkdtemp(dir=tmp, prefix="zip-"))
-            try:
-                with zipfile.ZipFile(p) as z:
-                    z.extractall(dest)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise AppError(f"{p.name} is not a readable zip file ({one_line(e)})") from e
-            roots.append(dest)
+            roots.append(unzipped(p, tmp, "zip-"))
         else:
             out.setdefault(name, []).append(check_photo(p, max_mb))
     if folder and folder.strip():
@@ -228,11 +221,8 @@ def write_csv(rows: list[dict[str, Any]], folder: str) -> str:
     """The rows as ``predictions.csv`` (file,label,confidence,flag; spreadsheet-safe) in ``folder``."""
     out = Path(tempfile.mkdtemp(dir=folder, prefix="csv-")) / "predictions.csv"
     with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "confidence", "flag"])
-        for r in rows:
-            w.writerow([spreadsheet_safe(r["file"]), spreadsheet_safe(r["label"]), f"{r['confidence']:.4f}",
-                        r["flag"]])
+        write_rows(f, ([r["file"], r["label"], f"{r['confidence']:.4f}", r["flag"]] for r in rows),
+                   ["file", "label", "confidence", "flag"])
     return str(out)
 
 
@@ -258,18 +248,24 @@ def save_zip(session: PhotoSession, cache: ModelCache, copy_photos: bool = False
     return shutil.make_archive(str(work / "my-classifier"), "zip", work, "my-classifier")
 
 
+def unzipped(p: Path, tmp: str, prefix: str) -> Path:
+    """A new folder under ``tmp`` holding what zip file ``p`` holds; AppError if it cannot be read."""
+    dest = Path(tempfile.mkdtemp(dir=tmp, prefix=prefix))
+    try:
+        with zipfile.ZipFile(p) as z:
+            z.extractall(dest)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise AppError(f"{p.name} is not a readable zip file ({one_line(e)})") from e
+    return dest
+
+
 def load_saved(cache: ModelCache, source: str, tmp: str) -> PhotoSession:
     """A session from a saved classifier: a zip downloaded from this page, or a folder on this computer."""
     from metashot.fitted import DESCRIPTION, load_fitted, read_description
 
     p = Path(source.strip()).expanduser()
     if p.suffix.lower() == ".zip" and p.is_file():
-        dest = Path(tempfile.mkdtemp(dir=tmp, prefix="load-"))
-        try:
-            with zipfile.ZipFile(p) as z:
-                z.extractall(dest)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise AppError(f"{p.name} is not a readable zip file ({one_line(e)})") from e
+        dest = unzipped(p, tmp, "load-")
         found = sorted(dest.rglob(DESCRIPTION))
         if not found:
             raise AppError(f"{p.name} holds no saved classifier ({DESCRIPTION} is missing)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from metashot._env import quiet
+from metashot.digest import file_digest  # noqa: F401 (re-exported: its old home)
 
 DEADLINE_ENV = "METASHOT_DOWNLOAD_DEADLINE"
 MAX_BYTES_ENV = "METASHOT_DOWNLOAD_MAX_BYTES"
@@ -43,15 +43,6 @@ def _setting(name: str, value: float | None, env: str, default: float) -> float:
         raise ValueError(f"download: {name} must be positive, got {value}"
                          f" (argument or {env})")
     return value
-
-
-def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest (``hashlib`` algorithm name) of the file at ``path``, read in ``chunk``-byte blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def md5sum(path: Path) -> str:

@@ -19,8 +19,9 @@ from metashot.data import load_split
 from metashot.data.device import DeviceSampler
 from metashot.data.episodes import EpisodeSampler
 from metashot.data.store import ClassStore
+from metashot.registry import Registry
 
-_GENERATED: dict[str, Callable[[Config], Any]] = {}
+SOURCES: Registry[Callable[[Config], Any]] = Registry("batch source")
 
 
 class BatchSource(Protocol):
@@ -31,10 +32,7 @@ class BatchSource(Protocol):
 
 def register_source(name: str) -> Callable[[Callable[[Config], Any]], Callable[[Config], Any]]:
     """Register ``fn(cfg) -> batch source`` for ``data.dataset: name`` (a dataset without a class store)."""
-    def deco(fn: Callable[[Config], Any]) -> Callable[[Config], Any]:
-        _GENERATED[name] = fn
-        return fn
-    return deco
+    return SOURCES.register(name)
 
 
 @register_source("sinusoid")
@@ -59,13 +57,13 @@ def train_source(cfg: Config, image_spec: Any = None,
         (source, extra): ``extra`` records the store's ``image_spec`` (how inputs were preprocessed).
     """
     d = cfg.data
-    make = _GENERATED.get(d.dataset)
-    if make is not None:
+    if d.dataset in SOURCES:
+        make = SOURCES.get(d.dataset)
         if device is not None:
             raise ValueError(f"{cfg.name}: train.data_on_device applies to datasets with a class store; "
                              f"{d.dataset!r} batches are generated on the CPU (set it to false)")
         return make(cfg), {}
-    store = load_split(d.dataset, d.train_split, d.root, d.image_size, image_spec=image_spec, **d.options)
+    store = config_split(cfg, d.train_split, image_spec)
     ep = cfg.episodes
     sampler = EpisodeSampler(
         store, ep.ways, ep.shots, ep.queries, seed=cfg.train.seed, tasks_per_batch=ep.meta_batch,
@@ -80,6 +78,13 @@ def val_store(cfg: Config, image_spec: Any = None) -> ClassStore | None:
     """The store of ``data.val_split`` for episodic validation; None without one (no split named, or a
     generated dataset, which has no classes to hold out)."""
     d = cfg.data
-    if d.dataset in _GENERATED or not d.val_split:
+    if d.dataset in SOURCES or not d.val_split:
         return None
-    return load_split(d.dataset, d.val_split, d.root, d.image_size, image_spec=image_spec, **d.options)
+    return config_split(cfg, d.val_split, image_spec)
+
+
+def config_split(cfg: Config, split: str, image_spec: Any = None) -> ClassStore:
+    """The store of ``split`` of the config's dataset (root, image size and options from ``cfg.data``),
+    preprocessed with ``image_spec`` (a pretrained backbone's own pipeline) if given."""
+    d = cfg.data
+    return load_split(d.dataset, split, d.root, d.image_size, image_spec=image_spec, **d.options)

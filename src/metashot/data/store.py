@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from metashot._env import cache_root
+from metashot.digest import file_digest
 
 CACHE_FORMAT = 1  # part of every cache key: bumping it orphans all caches, so verification did not bump it
 _DIGEST = "blake2b"
@@ -245,12 +246,8 @@ def _info_digest(info: dict[str, Any]) -> str:
     return hashlib.new(_DIGEST, json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.new(_DIGEST)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return f"{_DIGEST}:{h.hexdigest()}"
+def _file_digest(path: Path) -> str:
+    return f"{_DIGEST}:{file_digest(path, _DIGEST)}"
 
 
 def _stamp_path(npy: Path) -> Path:
@@ -307,3 +304,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def group_by_label(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str], list[int]]:
+    """Order (item, label) pairs for a store: classes sorted by name, file order within a class.
+
+    Returns (texts in store order, class names, per-class counts).
+    """
+    by: dict[str, list[str]] = {}
+    for t, y in pairs:
+        by.setdefault(y, []).append(t)
+    names = sorted(by)
+    texts = [t for n in names for t in by[n]]
+    return texts, names, [len(by[n]) for n in names]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from metashot._env import data_root
-from metashot.data.store import ClassStore
+from metashot.data.store import ClassStore, group_by_label  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from metashot.text.encoder import TextEncoder
@@ -217,19 +217,6 @@ def fullway_rows_from_files(dataset: str, shots: int, root: str | Path | None = 
 
 
 # ----------------------------------------------------------------------------------------------- stores
-
-
-def group_by_label(pairs: Pairs) -> tuple[list[str], list[str], list[int]]:
-    """Order pairs for a store: classes sorted by name, file order within a class.
-
-    Returns (texts in store order, class names, per-class counts).
-    """
-    by: dict[str, list[str]] = {}
-    for t, y in pairs:
-        by.setdefault(y, []).append(t)
-    names = sorted(by)
-    texts = [t for n in names for t in by[n]]
-    return texts, names, [len(by[n]) for n in names]
 
 
 def part_sources(dataset: str, root: str | Path | None = None) -> list[Path]:

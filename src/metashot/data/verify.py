@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from metashot._env import data_root
-from metashot.data.download import file_digest
+from metashot.digest import file_digest
 
 Report = dict[str, dict[str, str]]
 

@@ -11,29 +11,24 @@ from typing import Any
 import torch
 from torch import nn
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from metashot.registry import Registry, call_with
+
+# "timm" is registered by metashot.nn.pretrained, imported on its first use (it imports timm).
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", lazy={"timm": "metashot.nn.pretrained"})
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BACKBONES[name] = fn
-        return fn
-    return deco
+    """Decorator: ``fn(**args) -> nn.Module`` builds backbone ``name`` (a taken name is an error)."""
+    return BACKBONES.register(name)
 
 
 def available_backbones() -> list[str]:
-    return sorted(set(_BACKBONES) | {"timm"})
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
-    if name == "timm" and name not in _BACKBONES:
-        import metashot.nn.pretrained  # noqa: F401  (registers "timm"; imports timm only when used)
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
-    try:
-        return _BACKBONES[name](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"backbone {name!r}: bad arguments {kwargs}: {e}") from e
+    """Backbone ``name`` built with ``kwargs``; an argument it does not take is an error naming both."""
+    return call_with(BACKBONES.get(name), kwargs, lambda e: f"backbone {name!r}: bad arguments {kwargs}: {e}")
 
 
 def conv_block(cin: int, cout: int, pool: bool = True, stride: int = 1,

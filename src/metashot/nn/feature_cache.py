@@ -15,7 +15,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +25,21 @@ from metashot._env import quiet
 
 if TYPE_CHECKING:
     from metashot.data.store import ClassStore
-    from metashot.nn.pretrained import TimmBackbone
+
+
+class FeatureBackbone(Protocol):
+    """What the cache reads of a pretrained backbone (a :class:`metashot.nn.pretrained.TimmBackbone`)."""
+
+    model_name: str
+    feature_dim: int
+    training: bool
+    trunk_signature: Any
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 def store_identity(store: ClassStore) -> str:
@@ -42,7 +56,7 @@ def store_identity(store: ClassStore) -> str:
     return h.hexdigest()
 
 
-def feature_store(backbone: TimmBackbone, store: ClassStore, device: str | torch.device = "cpu",
+def feature_store(backbone: FeatureBackbone, store: ClassStore, device: str | torch.device = "cpu",
                   batch_size: int = 64, progress: bool = True, cache_dir: Path | None = None) -> ClassStore:
     """The store with every image replaced by its frozen trunk features [M, D] (float32), cached on disk.
 
@@ -98,7 +112,7 @@ def _read(npy: Path, record: dict[str, Any]) -> np.ndarray | None:
         return None
 
 
-def _embed(backbone: TimmBackbone, store: ClassStore, device: str | torch.device, batch_size: int,
+def _embed(backbone: FeatureBackbone, store: ClassStore, device: str | torch.device, batch_size: int,
            progress: bool) -> np.ndarray:
     """Trunk features of every image of ``store``: float32 [M, D]; ValueError if any is NaN/Inf."""
     from tqdm.auto import tqdm

@@ -129,7 +129,7 @@ def packaged_weights(model_name: str, cache_dir: Path | None = None) -> Path:
     """
     from safetensors.torch import save_file
 
-    from metashot.data.download import file_digest
+    from metashot.digest import file_digest
 
     src = packaged_source(model_name)
     digest = file_digest(src, "sha256")
@@ -159,7 +159,7 @@ def verified_cache_file(out: Path, build: Callable[[Path], None], what: str) -> 
     ``out``'s folder cannot be written (read-only, full), the file is built in a temporary folder instead,
     removed at exit, with one warning.
     """
-    from metashot.data.download import file_digest
+    from metashot.digest import file_digest
 
     record = record_path(out)
     if out.exists() or record.exists():

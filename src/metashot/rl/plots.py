@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from metashot.plot import _pyplot
+from metashot.pyplot import pyplot
 
 # Finn et al. 2017, 2D navigation, average return after 0-3 gradient steps (the official maml_rl evaluation,
 # as quoted in issue 8); the oracle sees the goal and is not adapted.
@@ -52,7 +52,7 @@ def plot_adaptation(report: dict[str, Any], output: str | Path,
     ``report``: {label: evaluate_adaptation result}. A policy evaluated at 0 steps only (the oracle) is drawn
     as a horizontal line. ``reference``: optional {label: returns} drawn dashed (e.g. the paper's rows).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, res in report.items():
         if not isinstance(res, dict) or "returns" not in res:
@@ -87,7 +87,7 @@ def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, s
 
     if cfg.env.name != "navigation2d":
         raise ValueError(f"trajectory plots are for navigation2d, not {cfg.env.name}")
-    plt = _pyplot()
+    plt = pyplot()
     env = cfg.make_env()
     gen = torch.Generator().manual_seed(seed)
     tasks = env.sample_tasks(goals, gen)
@@ -119,7 +119,7 @@ def plot_navigation(policy: Any, cfg: Any, output: str | Path, goals: int = 4, s
 
 def plot_rl_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Learning curve of a ``metashot rl train`` run: pre- and post-update return per iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl; is this a metashot rl train run folder?")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from metashot.data.store import ClassStore, cached_store
+from metashot.data.store import ClassStore, cached_store, group_by_label
 from metashot.text.encoder import DEFAULT_ENCODER, TextEncoder, encoder_fingerprint, get_encoder
 
 
@@ -35,8 +35,6 @@ def embedding_store(tag: str, sources: Sequence[Path], pairs: Sequence[tuple[str
         ClassStore with ``images`` float32 [M, D]; ``meta`` records the encoder and, after a fresh build,
         ``encode_seconds``.
     """
-    from metashot.data.text import group_by_label
-
     if not pairs:
         raise ValueError(f"embedding_store {tag}: no sentences")
     name = encoder.name if encoder is not None else DEFAULT_ENCODER

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashot.algorithms.protonet import class_sums
 from metashot.data.store import ClassStore, cached_store
+from metashot.nn.prototypes import class_sums
 
 NUM_LAYERS = 6  # all-MiniLM-L6-v2
 

@@ -13,7 +13,6 @@ import torch
 
 from metashot.text.encoder import DEFAULT_ENCODER, check_texts, get_encoder
 
-TEXT_DATASETS = ("banking77", "clinc150", "hwu64", "intents")
 TEXT_COLUMNS = ("text", "sentence", "utterance")
 LABEL_COLUMNS = ("label", "category", "intent")
 
@@ -21,13 +20,16 @@ LABEL_COLUMNS = ("label", "category", "intent")
 def text_encoder_of(meta: dict[str, Any]) -> str | None:
     """The sentence encoder a checkpoint's inputs go through, or None for non-text checkpoints.
 
-    A checkpoint is a text model if its meta names ``text_encoder`` or it was trained on a text dataset
-    (then ``data.options.encoder`` or the default encoder).
+    A checkpoint is a text model if its meta names ``text_encoder`` or it was trained on a dataset registered
+    with modality "text" (then ``data.options.encoder`` or the default encoder).
     """
+    from metashot.data import DATASETS
+
     if meta.get("text_encoder"):
         return str(meta["text_encoder"])
     data = (meta.get("config") or {}).get("data") or {}
-    if data.get("dataset") in TEXT_DATASETS:
+    name = data.get("dataset")
+    if isinstance(name, str) and name in DATASETS and DATASETS.entry(name).modality == "text":
         return str((data.get("options") or {}).get("encoder") or DEFAULT_ENCODER)
     return None
 
@@ -104,7 +106,7 @@ def predict_text_cli(clf: Any, support: str | Path | None, query: str | Path,
     With ``threshold``, a sentence whose confidence (largest softmax probability) is below it is labelled
     ``oos_label``.
     """
-    from metashot.csv_safe import spreadsheet_safe
+    from metashot.csv_safe import write_rows
 
     if support is not None:  # None: a saved classifier, already fitted
         clf.fit(*read_labelled(support))
@@ -112,12 +114,12 @@ def predict_text_cli(clf: Any, support: str | Path | None, query: str | Path,
     proba = clf.predict_proba(queries)
     out = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
     try:
-        w = csv.writer(out)
-        w.writerow(["text", "label", "confidence"])
+        rows = []
         for t, p in zip(queries, proba, strict=True):
             k = int(p.argmax())
             label = oos_label if threshold is not None and p[k] < threshold else clf.classes_[k]
-            w.writerow([spreadsheet_safe(t), spreadsheet_safe(label), f"{p[k]:.4f}"])
+            rows.append([t, label, f"{p[k]:.4f}"])
+        write_rows(out, rows, ["text", "label", "confidence"])
     finally:
         if output:
             out.close()

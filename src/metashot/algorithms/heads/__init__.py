@@ -21,9 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from metashot.algorithms.protonet import class_means, sq_euclidean
-
-_HEADS: dict[str, type[Head]] = {}
+from metashot.nn.prototypes import class_means, sq_euclidean
+from metashot.registry import Registry, call_with
 
 
 class Head:
@@ -42,12 +41,13 @@ class Head:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
 
 
+HEADS: Registry[type[Head]] = Registry("head")
+
+
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     """Class decorator: a head constructible by name; a second head with the same name is an error."""
     def deco(cls: type[Head]) -> type[Head]:
-        if name in _HEADS and _HEADS[name] is not cls:
-            raise ValueError(f"head name {name!r} is already registered by {_HEADS[name].__name__}")
-        _HEADS[name] = cls
+        HEADS.add(name, cls)
         cls.name = name
         return cls
     return deco
@@ -55,16 +55,11 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def make_head(name: str, **args: Any) -> Head:
     """The head registered as ``name`` with hyperparameters ``args`` (unknown ones are an error)."""
-    if name not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; available: {', '.join(sorted(_HEADS))}")
-    try:
-        return _HEADS[name](**args)
-    except TypeError as e:
-        raise ValueError(f"head {name!r}: bad arguments {sorted(args)} ({e})") from e
+    return call_with(HEADS.get(name), args, lambda e: f"head {name!r}: bad arguments {sorted(args)} ({e})")
 
 
 def available_heads() -> list[str]:
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def distance_logits(zq: torch.Tensor, protos: torch.Tensor, scale: float) -> torch.Tensor:
@@ -80,6 +75,40 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def prototypes(zs: torch.Tensor, ys: torch.Tensor, ways: int) -> torch.Tensor:
     """Class means of the support features [..., S, D] -> [..., N, D]."""
     return class_means(zs, ys, ways, owner="head")
+
+
+# -- what several heads use (entropies, fitting a classifier by gradient descent) --------------------------
+
+
+def shannon(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -sum_k p_k log p_k over the last dimension."""
+    return -(p * torch.log(p + 1e-12)).sum(-1)
+
+
+def fit_classifier(zs: torch.Tensor, ys: torch.Tensor, zq: torch.Tensor | None, ways: int,
+                   loss_of: object, steps: int, lr: float, logits_of: object) -> torch.Tensor:
+    """Gradient descent (Adam) on classifier weights W [T, N, D] initialised at the support means.
+
+    ``loss_of(support_logits, ys, query_logits) -> [T]`` per-task losses; their sum is minimised, and the
+    tasks are independent, so one run solves every task of the batch. Returns W (detached).
+    """
+    # Heads run under the learner's adapt_mode (inference mode for frozen features): leave it for this
+    # optimisation, on copies made outside it (inference tensors cannot be saved for backward).
+    with torch.inference_mode(False), torch.enable_grad():
+        zs_, zq_ = zs.clone(), None if zq is None else zq.clone()
+        w = prototypes(zs_, ys.clone(), ways).detach().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_of(logits_of(zs_, w), ys, None if zq_ is None else logits_of(zq_, w))  # type: ignore
+            loss.sum().backward()
+            opt.step()
+    return w.detach()
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each task: logits [T, S, N], y [T, S] -> [T]."""
+    return F.cross_entropy(logits.transpose(-1, -2), y, reduction="none").mean(-1)
 
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from metashot.algorithms.heads import Head, cosine, register_head
-from metashot.algorithms.heads.tim import ce, fit_classifier, shannon
+from metashot.algorithms.heads import Head, ce, cosine, fit_classifier, register_head, shannon
 
 
 @register_head("finetune")

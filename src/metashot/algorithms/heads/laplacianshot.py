@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from metashot.algorithms.heads import Head, prototypes, register_head
-from metashot.algorithms.protonet import sq_euclidean
+from metashot.nn.prototypes import sq_euclidean
 
 
 def knn_affinity(zq: torch.Tensor, k: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metashot.algorithms.heads import Head, prototypes, register_head
-from metashot.algorithms.protonet import sq_euclidean
+from metashot.nn.prototypes import sq_euclidean
 
 
 def sinkhorn(cost: torch.Tensor, lam: float, col_mass: torch.Tensor, iters: int) -> torch.Tensor:

@@ -5,45 +5,13 @@ few-shot learning", alpha-TIM)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from metashot.algorithms.heads import Head, prototypes, register_head
-
-
-def shannon(p: torch.Tensor) -> torch.Tensor:
-    """H(p) = -sum_k p_k log p_k over the last dimension."""
-    return -(p * torch.log(p + 1e-12)).sum(-1)
+from metashot.algorithms.heads import Head, ce, fit_classifier, register_head, shannon  # noqa: F401 (re-exported)
 
 
 def tsallis(p: torch.Tensor, alpha: float) -> torch.Tensor:
     """The alpha-entropy H_a(p) = (1 - sum_k p_k^a) / (a - 1); Shannon's as a -> 1."""
     return (1 - p.pow(alpha).sum(-1)) / (alpha - 1)
-
-
-def fit_classifier(zs: torch.Tensor, ys: torch.Tensor, zq: torch.Tensor | None, ways: int,
-                   loss_of: object, steps: int, lr: float, logits_of: object) -> torch.Tensor:
-    """Gradient descent (Adam) on classifier weights W [T, N, D] initialised at the support means.
-
-    ``loss_of(support_logits, ys, query_logits) -> [T]`` per-task losses; their sum is minimised, and the
-    tasks are independent, so one run solves every task of the batch. Returns W (detached).
-    """
-    # Heads run under the learner's adapt_mode (inference mode for frozen features): leave it for this
-    # optimisation, on copies made outside it (inference tensors cannot be saved for backward).
-    with torch.inference_mode(False), torch.enable_grad():
-        zs_, zq_ = zs.clone(), None if zq is None else zq.clone()
-        w = prototypes(zs_, ys.clone(), ways).detach().requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = loss_of(logits_of(zs_, w), ys, None if zq_ is None else logits_of(zq_, w))  # type: ignore
-            loss.sum().backward()
-            opt.step()
-    return w.detach()
-
-
-def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each task: logits [T, S, N], y [T, S] -> [T]."""
-    return F.cross_entropy(logits.transpose(-1, -2), y, reduction="none").mean(-1)
 
 
 @register_head("tim")
