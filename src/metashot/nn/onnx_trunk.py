@@ -90,7 +90,7 @@ def export_member(model: nn.Module, size: int, path: Path) -> None:
 def cached_export(model: nn.Module, key: str, size: int, folder: Path | None = None) -> Path:
     """The verified ONNX file of ``model`` at ``size`` (``key``: its name and weights digest), exported now
     if it is missing or fails verification (one warning naming it)."""
-    from metashot.data.download import file_digest
+    from metashot.digest import file_digest
 
     folder = Path(folder) if folder is not None else cache_dir("onnx")
     stem = hashlib.sha256(f"{key}|size={size}|torch={torch.__version__}".encode()).hexdigest()[:24]
