@@ -163,6 +163,7 @@ def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monke
     support = [i for i in range(len(items)) if i % 5 == 0]
     query = [i for i in range(len(items)) if i % 5]
     feats, preds, probas = {}, {}, {}
+    shipped = bb.precision
     try:
         for precision in ("fp32", "bf16"):
             bb.precision = precision
@@ -173,7 +174,7 @@ def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monke
             preds[precision] = clf.predict([items[i][1] for i in query])
             probas[precision] = clf.predict_proba([items[i][1] for i in query])
     finally:
-        bb.precision = "auto"
+        bb.precision = shipped
     a, b = feats["fp32"], feats["bf16"]
     assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 did run, and differently
     cos = F.cosine_similarity(a, b, dim=-1)
@@ -262,6 +263,7 @@ def test_photos_through_onnx_runtime_matches_fp32_on_pinned_flowers(photos_and_f
     labels = [c for c, _ in items]
     support, query = [i for i in range(25) if i % 5 == 0], [i for i in range(25) if i % 5]
     feats, preds, probas = {}, {}, {}
+    shipped = bb.precision
     try:
         for precision in ("fp32", "onnx"):
             bb.precision = precision
@@ -271,7 +273,7 @@ def test_photos_through_onnx_runtime_matches_fp32_on_pinned_flowers(photos_and_f
             preds[precision] = clf.predict([items[i][1] for i in query])
             probas[precision] = clf.predict_proba([items[i][1] for i in query])
     finally:
-        bb.precision = "auto"
+        bb.precision = shipped
     cos = F.cosine_similarity(feats["fp32"], feats["onnx"], dim=-1)
     assert not torch.equal(feats["fp32"], feats["onnx"]) and cos.min() >= 0.99999, cos.tolist()
     assert list(preds["onnx"]) == list(preds["fp32"])

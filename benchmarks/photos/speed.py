@@ -12,8 +12,9 @@ time, and the process's peak resident memory. Prints one JSON object.
     python benchmarks/photos/speed.py --models tf_efficientnet_lite0+tf_efficientnet_lite1 --image-size 224 \
         --head soft_kmeans:steps=5 --out results/photos/speed_candidates.jsonl   # a candidate of the choice
 
-``--precision`` (auto, fp32, bf16) sets the backbone's compute precision; ``auto`` is bf16 where the CPU
-computes it natively (metashot._env.cpu_has_bf16).
+``--precision`` (auto, fp32, bf16, onnx) sets the backbone's compute precision (default: the model's own);
+``auto`` is bf16 where the CPU computes it natively (metashot._env.cpu_has_bf16), ``onnx`` float32 through
+ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -68,23 +69,24 @@ def main() -> None:
     ap.add_argument("--models", help="a candidate instead of --model: timm model(s) joined by '+'")
     ap.add_argument("--image-size", type=int, default=160, help="the candidate's input size")
     ap.add_argument("--head", default="ncm", help="the candidate's head, name or name:key=value,...")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "onnx"],
+                    help="default: the model's own (auto for a candidate)")
     ap.add_argument("--out", help="append the JSON line to this file")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     if a.models:
-        clf = candidate(a.models, a.image_size, a.head, a.precision)
+        clf = candidate(a.models, a.image_size, a.head, a.precision or "auto")
     else:
         clf = metashot.load(a.model)
-        if a.precision != "auto":
+        if a.precision is not None:
             clf.learner.backbone.precision = a.precision
     load_s = time.perf_counter() - t0
     bb = clf.learner.backbone
     out = {"model": a.models or a.model, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
            "load_s": round(load_s, 3), "torch": torch.__version__,
-           "precision": str(bb.compute_dtype()).replace("torch.", "")}
+           "precision": "onnx-float32" if bb.runs_onnx() else str(bb.compute_dtype()).replace("torch.", "")}
     if a.models:
         out.update(models=a.models, head=a.head)
     load0 = os.getloadavg()[0]

@@ -152,6 +152,6 @@ def ort_members(members: list[nn.Module], keys: list[str], size: int) -> list[Or
     """
     if not onnxruntime_available():
         raise ValueError("precision 'onnx' needs ONNX Runtime: pip install 'metashot[vision]' (or pip "
-                         "install onnxruntime), or use precision auto / fp32 / bf16")
+                         "install onnxruntime onnx), or set METASHOT_PRECISION=auto to use PyTorch")
     return [OrtMember(cached_export(m, k, size), int(m.num_features))
             for m, k in zip(members, keys, strict=True)]
