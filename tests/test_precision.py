@@ -278,3 +278,27 @@ def test_photos_through_onnx_runtime_matches_fp32_on_pinned_flowers(photos_and_f
     assert not torch.equal(feats["fp32"], feats["onnx"]) and cos.min() >= 0.99999, cos.tolist()
     assert list(preds["onnx"]) == list(preds["fp32"])
     np.testing.assert_allclose(probas["onnx"], probas["fp32"], atol=1e-3)
+
+
+def test_onnx_runs_large_batches_in_chunks_with_the_same_answers(onnx_cache, monkeypatch):
+    """The session sees at most OrtMember.chunk images at a time (bounded memory); the features of a batch
+    are those of its images one chunk at a time, in order."""
+    from metashot.nn import onnx_trunk
+
+    torch.manual_seed(0)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="onnx")
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    whole = bb.features(x)
+    member = bb._onnx_trunk(32)
+    seen: list[int] = []
+    session = member.session
+
+    class Spy:
+        def run(self, outputs, feed):
+            seen.append(len(feed["x"]))
+            return session.run(outputs, feed)
+
+    member.session = Spy()
+    monkeypatch.setattr(onnx_trunk.OrtMember, "chunk", 3)
+    torch.testing.assert_close(bb.features(x), whole, rtol=1e-5, atol=1e-6)
+    assert seen == [3, 3, 1]

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,7 +118,13 @@ def cached_export(model: nn.Module, key: str, size: int, folder: Path | None = N
 
 class OrtMember(nn.Module):
     """An ONNX Runtime session in place of a member network: normalised images [B, 3, S, S] -> [B, D]
-    (float32; no gradients)."""
+    (float32; no gradients).
+
+    The session runs ``chunk`` images at a time: ONNX Runtime's memory arena keeps the largest activations it
+    has seen, so whole batches of 64 at 224 px held 2.2 GiB where chunks of 16 hold 1.3 GiB, at the same speed
+    (measured on the bundled `photos`; the answers do not depend on the chunk)."""
+
+    chunk = 16
 
     def __init__(self, path: Path, num_features: int, threads: int | None = None) -> None:
         super().__init__()
@@ -131,8 +138,9 @@ class OrtMember(nn.Module):
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        xs = x.detach().float().contiguous().cpu().numpy()
+        out = [self.session.run(None, {"x": xs[i:i + self.chunk]})[0] for i in range(0, len(xs), self.chunk)]
+        return torch.from_numpy(np.concatenate(out)).to(x.device)
 
     def __getstate__(self) -> dict[str, Any]:  # a session is not picklable: rebuilt from its file
         state = self.__dict__.copy()
