@@ -147,27 +147,24 @@ def photos_and_flowers(data_root):
     return metashot.load("photos"), _pinned_flowers(data_root)
 
 
-@pytest.mark.slow
-def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monkeypatch):
-    """25 photos (5 Flowers-102 val classes x 5): the bundled backbone's features in bfloat16 at cosine
-    >= 0.999 to float32 for every photo, and a 5-way 1-shot fit/predict on 20 queries gives the same
-    labels."""
+def under_precisions(photos_and_flowers, precisions: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    """The bundled backbone's features of the 25 pinned photos, and a 5-way 1-shot fit/predict's labels and
+    probabilities on the other 20, in each precision (the shipped one restored after)."""
     from metashot.data.preprocess import preprocess, to_float
 
-    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
     clf, items = photos_and_flowers
     bb = clf.learner.backbone
     assert isinstance(bb, P.TimmBackbone)
     x = to_float(torch.from_numpy(np.stack([preprocess(im, clf.image_spec) for _, im in items])))
     labels = [c for c, _ in items]
-    support = [i for i in range(len(items)) if i % 5 == 0]
-    query = [i for i in range(len(items)) if i % 5]
+    support, query = [i for i in range(25) if i % 5 == 0], [i for i in range(25) if i % 5]
     feats, preds, probas = {}, {}, {}
     shipped = bb.precision
     try:
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             bb.precision = precision
-            assert bb.compute_dtype() == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            assert bb.compute_dtype() == (torch.bfloat16 if precision == "bf16" else torch.float32)
+            assert bb.runs_onnx() == (precision == "onnx")
             with torch.inference_mode():
                 feats[precision] = bb.features(x)
             clf.fit([items[i][1] for i in support], [labels[i] for i in support])
@@ -175,6 +172,18 @@ def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monke
             probas[precision] = clf.predict_proba([items[i][1] for i in query])
     finally:
         bb.precision = shipped
+    return feats, preds, probas
+
+
+@pytest.mark.slow
+def test_photos_in_bf16_matches_fp32_on_pinned_flowers(photos_and_flowers, monkeypatch):
+    """25 photos (5 Flowers-102 val classes x 5): the bundled backbone's features in bfloat16 at cosine
+    >= 0.999 to float32 for every photo, and a 5-way 1-shot fit/predict on 20 queries gives the same
+    labels."""
+    monkeypatch.delenv("METASHOT_PRECISION", raising=False)
+    feats, preds, probas = under_precisions(photos_and_flowers, ("fp32", "bf16"))
+    _, items = photos_and_flowers
+    labels, query = [c for c, _ in items], [i for i in range(25) if i % 5]
     a, b = feats["fp32"], feats["bf16"]
     assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 did run, and differently
     cos = F.cosine_similarity(a, b, dim=-1)
@@ -254,26 +263,8 @@ def test_onnx_without_onnxruntime_is_one_line(onnx_cache, monkeypatch):
 def test_photos_through_onnx_runtime_matches_fp32_on_pinned_flowers(photos_and_flowers, monkeypatch):
     """The bundled backbone through ONNX Runtime: features at cosine >= 0.99999 to PyTorch float32 for all
     25 pinned photos, the same labels and the same probabilities to 1e-3 in a 5-way 1-shot fit/predict."""
-    from metashot.data.preprocess import preprocess, to_float
-
     monkeypatch.delenv("METASHOT_PRECISION", raising=False)
-    clf, items = photos_and_flowers
-    bb = clf.learner.backbone
-    x = to_float(torch.from_numpy(np.stack([preprocess(im, clf.image_spec) for _, im in items])))
-    labels = [c for c, _ in items]
-    support, query = [i for i in range(25) if i % 5 == 0], [i for i in range(25) if i % 5]
-    feats, preds, probas = {}, {}, {}
-    shipped = bb.precision
-    try:
-        for precision in ("fp32", "onnx"):
-            bb.precision = precision
-            with torch.inference_mode():
-                feats[precision] = bb.features(x)
-            clf.fit([items[i][1] for i in support], [labels[i] for i in support])
-            preds[precision] = clf.predict([items[i][1] for i in query])
-            probas[precision] = clf.predict_proba([items[i][1] for i in query])
-    finally:
-        bb.precision = shipped
+    feats, preds, probas = under_precisions(photos_and_flowers, ("fp32", "onnx"))
     cos = F.cosine_similarity(feats["fp32"], feats["onnx"], dim=-1)
     assert not torch.equal(feats["fp32"], feats["onnx"]) and cos.min() >= 0.99999, cos.tolist()
     assert list(preds["onnx"]) == list(preds["fp32"])
