@@ -293,3 +293,30 @@ def test_onnx_runs_large_batches_in_chunks_with_the_same_answers(onnx_cache, mon
     monkeypatch.setattr(onnx_trunk.OrtMember, "chunk", 3)
     torch.testing.assert_close(bb.features(x), whole, rtol=1e-5, atol=1e-6)
     assert seen == [3, 3, 1]
+
+
+def test_onnx_with_an_unwritable_cache_exports_for_the_process_and_says_so(onnx_cache):
+    onnx_cache.parent.mkdir(parents=True, exist_ok=True)
+    onnx_cache.write_text("a file where the cache folder should be")
+    torch.manual_seed(0)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="onnx")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match=r"cannot write the ONNX cache .*onnx .*for this process only\. Set "
+                                         r"METASHOT_CACHE to a writable folder"):
+        z = bb.features(x)
+    bb.precision = "fp32"
+    torch.testing.assert_close(z, bb.features(x), rtol=1e-4, atol=1e-5)
+    assert onnx_cache.read_text() == "a file where the cache folder should be"  # nothing deleted
+
+
+def test_onnx_export_failure_is_one_line_naming_the_model_and_the_way_around(onnx_cache, monkeypatch):
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nlong trace")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="onnx")
+    with pytest.raises(ValueError, match=r"^cannot export tf_efficientnet_lite0 to ONNX \(RuntimeError: "
+                                         r"Unsupported: ONNX export of operator foo\); run it with PyTorch: "
+                                         r"precision auto \(or METASHOT_PRECISION=auto\)$"):
+        bb.features(X)
+    assert not onnx_cache.exists() or not any(onnx_cache.iterdir())  # no half-written file left

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,15 +78,29 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def export_member(model: nn.Module, size: int, path: Path) -> None:
-    """Write ``model`` (normalised images [B, 3, size, size] -> features [B, D]) to ``path`` as ONNX."""
+def export_member(model: nn.Module, size: int, path: Path, name: str = "the model") -> None:
+    """Write ``model`` (normalised images [B, 3, size, size] -> features [B, D]) to ``path`` as ONNX.
+
+    Raises:
+        OSError: ``path``'s folder cannot be written.
+        ValueError: the exporter cannot translate the model (one line naming it and the way around it).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(static_padding(model, size), (torch.zeros(2, 3, size, size),), str(tmp),
-                          input_names=["x"], output_names=["z"], dynamic_axes={"x": {0: "b"}, "z": {0: "b"}},
-                          dynamo=False, opset_version=17)
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(static_padding(model, size), (torch.zeros(2, 3, size, size),), str(tmp),
+                              input_names=["x"], output_names=["z"],
+                              dynamic_axes={"x": {0: "b"}, "z": {0: "b"}}, dynamo=False, opset_version=17)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # the exporter raises many types for a model it cannot translate
+        tmp.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"cannot export {name} to ONNX ({type(e).__name__}: {first}); run it with PyTorch: "
+                         f"precision auto (or METASHOT_PRECISION=auto)") from e
 
 
 def cached_export(model: nn.Module, key: str, size: int, folder: Path | None = None) -> Path:
@@ -108,11 +123,20 @@ def cached_export(model: nn.Module, key: str, size: int, folder: Path | None = N
         except (OSError, ValueError) as e:
             warnings.warn(f"ONNX cache {path} failed verification ({e}); exporting it again", UserWarning,
                           stacklevel=3)
-    folder.mkdir(parents=True, exist_ok=True)
-    export_member(model, size, path)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(want, sha256=file_digest(path))))
-    os.replace(tmp, record)
+    name = key.split("|")[0]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        export_member(model, size, path, name)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(want, sha256=file_digest(path))))
+        os.replace(tmp, record)
+    except OSError as e:  # a read-only or full cache: export for this process only
+        scratch = Path(tempfile.mkdtemp(prefix="metashot-onnx-"))
+        warnings.warn(f"cannot write the ONNX cache {folder} ({e}); exporting {name} to {scratch} for this "
+                      f"process only. Set METASHOT_CACHE to a writable folder to export it once", UserWarning,
+                      stacklevel=3)
+        path = scratch / path.name
+        export_member(model, size, path, name)
     return path
 
 
