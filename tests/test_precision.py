@@ -320,3 +320,17 @@ def test_onnx_export_failure_is_one_line_naming_the_model_and_the_way_around(onn
                                          r"precision auto \(or METASHOT_PRECISION=auto\)$"):
         bb.features(X)
     assert not onnx_cache.exists() or not any(onnx_cache.iterdir())  # no half-written file left
+
+
+def test_a_pickled_or_copied_onnx_backbone_rebuilds_its_sessions(onnx_cache):
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    bb = P.TimmBackbone("tf_efficientnet_lite0", pretrained=False, image_size=32, precision="onnx")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    z = bb.features(x)
+    assert "_ort_trunks" in bb.__dict__
+    for other in (pickle.loads(pickle.dumps(bb)), copy.deepcopy(bb)):
+        assert "_ort_trunks" not in other.__dict__
+        torch.testing.assert_close(other.features(x), z, rtol=0, atol=0)

@@ -237,6 +237,13 @@ class TimmBackbone(nn.Module):
             z = self.trunk(x)
         return z.float() if dtype == torch.bfloat16 and x.dtype == torch.float32 else z
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and deep copies leave the ONNX Runtime sessions out (they are rebuilt from the cache on
+        first use, on whatever machine the copy lands)."""
+        state = self.__dict__.copy()
+        state.pop("_ort_trunks", None)
+        return state
+
     def runs_onnx(self, x: torch.Tensor | None = None) -> bool:
         """True when the trunk's forward (on images ``x``) goes through ONNX Runtime (``precision="onnx"``
         or ``$METASHOT_PRECISION=onnx``; a frozen trunk, square inputs on the CPU)."""
