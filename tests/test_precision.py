@@ -293,6 +293,7 @@ def test_onnx_runs_large_batches_in_chunks_with_the_same_answers(onnx_cache, mon
     monkeypatch.setattr(onnx_trunk.OrtMember, "chunk", 3)
     torch.testing.assert_close(bb.features(x), whole, rtol=1e-5, atol=1e-6)
     assert seen == [3, 3, 1]
+    assert bb.features(x[:0]).shape == (0, bb.feature_dim)  # an empty batch: no session call, no error
 
 
 def test_onnx_with_an_unwritable_cache_exports_for_the_process_and_says_so(onnx_cache):

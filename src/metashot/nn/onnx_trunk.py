@@ -22,7 +22,6 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -164,16 +163,9 @@ class OrtMember(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.detach().float().contiguous().cpu().numpy()
         out = [self.session.run(None, {"x": xs[i:i + self.chunk]})[0] for i in range(0, len(xs), self.chunk)]
-        return torch.from_numpy(np.concatenate(out)).to(x.device)
+        z = np.concatenate(out) if out else np.zeros((0, self.num_features), np.float32)
+        return torch.from_numpy(z).to(x.device)
 
-    def __getstate__(self) -> dict[str, Any]:  # a session is not picklable: rebuilt from its file
-        state = self.__dict__.copy()
-        state.pop("session", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__init__(self.path, self.num_features)  # type: ignore[misc]
 
 
 def ort_members(members: list[nn.Module], keys: list[str], size: int) -> list[OrtMember]:
