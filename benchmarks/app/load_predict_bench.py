@@ -9,6 +9,10 @@ the figure a user waits for). The operating system's file cache is warm after th
 just read), so "cold" means a new process, not a cold disk.
 
     python benchmarks/app/load_predict_bench.py              # 10 classes x 5 photos, 5 runs
+    python benchmarks/app/load_predict_bench.py --path full  # the same with metashot.load(..., lite=False)
+
+``--path lite`` (default) is what ``metashot.load(folder)`` does: a LiteClassifier, no torch (metashot.lite);
+``--path full`` loads the full FewShotClassifier (torch, the model, its digest check).
 
 Prints one JSON line. Target (issue 28): wall_s <= 1.5 s.
 """
@@ -29,15 +33,16 @@ import zipfile
 from pathlib import Path
 
 CHILD = """
-import time, json
+import time, json, sys
 t0 = time.perf_counter()
 import metashot
 t1 = time.perf_counter()
-clf = metashot.load({folder!r})
+clf = metashot.load({folder!r}, lite={lite})
 t2 = time.perf_counter()
 label = clf.predict([{photo!r}])[0]
 t3 = time.perf_counter()
-print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "predict_s": t3 - t2, "label": str(label)}}))
+print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "predict_s": t3 - t2, "label": str(label),
+                  "classifier": type(clf).__name__, "torch_imported": "torch" in sys.modules}}))
 """
 
 
@@ -46,6 +51,7 @@ def main() -> None:
     ap.add_argument("--ways", type=int, default=10)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--path", choices=("lite", "full"), default="lite")
     a = ap.parse_args()
     import metashot
 
@@ -80,7 +86,8 @@ def main() -> None:
         env = dict(os.environ, METASHOT_QUIET="1")
         for _ in range(a.repeats):
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", CHILD.format(folder=str(folder), photo=query)],
+            out = subprocess.run([sys.executable, "-c", CHILD.format(folder=str(folder), photo=query,
+                                                                  lite=a.path == "lite")],
                                  capture_output=True, text=True, env=env, check=True)
             wall = time.perf_counter() - t0
             child = json.loads(out.stdout.strip().splitlines()[-1])
@@ -88,7 +95,7 @@ def main() -> None:
                                                          for k, v in child.items()}})
         walls = [r["wall_s"] for r in runs]
         print(json.dumps({
-            "bench": "app_load_predict", "model": "photos", "ways": a.ways, "shots": a.shots,
+            "bench": "app_load_predict", "model": "photos", "path": a.path, "ways": a.ways, "shots": a.shots,
             "saved_bytes": size, "wall_s_median": statistics.median(walls), "wall_s_max": max(walls),
             "runs": runs, "right": all(r["label"] == truth for r in runs), "cpus": os.cpu_count(),
             "cpu": platform.processor(), "loadavg_start": round(load_start, 2),

@@ -17,7 +17,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 # public name -> the module that defines it
-_WHERE = {"FewShotClassifier": "metashot.classifier", "load": "metashot.classifier",
+_WHERE = {"FewShotClassifier": "metashot.classifier", "load": "metashot.loader",
           "Config": "metashot.config", "load_config": "metashot.config",
           "ClassStore": "metashot.data", "EpisodeBatch": "metashot.data", "EpisodeSampler": "metashot.data",
           "load_split": "metashot.data", "evaluate": "metashot.evaluate"}

@@ -41,9 +41,8 @@ from metashot.data.preprocess import (
     to_float,
 )
 from metashot.estimator import EstimatorMixin, NotFittedError  # noqa: F401 (NotFittedError: re-exported)
+from metashot.lite_heads import UNKNOWN, check_unknown
 from metashot.predict_folder import predict_images_csv, query_images  # noqa: F401 (moved there)
-
-UNKNOWN = "unknown"  # the label of photos of none of the support classes (predict(..., unknown=True))
 
 
 class FewShotClassifier(EstimatorMixin):
@@ -193,13 +192,7 @@ class FewShotClassifier(EstimatorMixin):
         threshold = None
         if unknown:
             threshold = getattr(self.learner, "unknown_threshold", None)
-            if threshold is None or not hasattr(pred, "scores_embedded"):
-                raise ValueError(f"unknown=True: model {self.source or '(in memory)'} has no calibrated "
-                                 f"'unknown' threshold (only photo models with a known-class score do, e.g. "
-                                 f"`photos`); leave unknown out")
-            if UNKNOWN in list(self.classes_):
-                raise ValueError(f"unknown=True: a support class is named {UNKNOWN!r}, the label of photos "
-                                 f"of none of the classes; rename that class")
+            check_unknown(threshold, self.classes_, self.source, hasattr(pred, "scores_embedded"))
         x = self._to_tensor(images, "predict images")
         known = None
         if hasattr(pred, "scores_embedded"):  # embed in chunks, then score the whole call as one batch

@@ -32,16 +32,15 @@ from safetensors.torch import load_file, save_file
 
 from metashot.checkpoint import CheckpointError
 from metashot.digest import file_digest
-
-FORMAT = "metashot-fitted-1"
-DESCRIPTION = "classifier.json"
-SUPPORT = "support.safetensors"
-PHOTOS = "photos"
-
-
-def is_fitted_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder written by :func:`save_fitted`."""
-    return (Path(path) / DESCRIPTION).is_file()
+from metashot.fitted_files import (  # noqa: F401 (re-exported: the torch-free half of this module)
+    DESCRIPTION,
+    FORMAT,
+    PHOTOS,
+    SUPPORT,
+    describe,
+    is_fitted_folder,
+    read_description,
+)
 
 
 def _algorithm(clf: Any) -> str:
@@ -202,6 +201,7 @@ def save_fitted(clf: Any, path: str | Path, copy_photos: bool = False) -> Path:
             "image_spec": clf.image_spec.to_dict() if clf.image_spec is not None else None,
             "text_encoder": meta.get("text_encoder"),
             "fitted_at": clf.__dict__.get("_fitted_at") or _now(), "saved_at": _now(), "photos": photos,
+            "runtime": runtime_record(clf),
         }
         (tmp / DESCRIPTION).write_text(json.dumps(desc, indent=2))
         for f in tmp.rglob("*"):
@@ -214,6 +214,41 @@ def save_fitted(clf: Any, path: str | Path, copy_photos: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def runtime_record(clf: Any) -> dict[str, Any] | None:
+    """What :mod:`metashot.lite` needs to answer ``predict`` without importing torch, or None where it cannot:
+    a SimpleShot photo model whose frozen timm trunk runs through ONNX Runtime (``precision: onnx``), with
+    the nearest-class-mean or soft k-means head and no base-class centre. The record names each member's
+    cached ONNX file and its SHA-256, and every number of the arithmetic after it; the lite path uses it only
+    when every file is in this machine's cache with that digest (else the full model is loaded)."""
+    from metashot.algorithms.simpleshot import SimpleShot
+    from metashot.nn.pretrained import ConcatTrunk, TimmBackbone
+
+    learner, spec = clf.learner, clf.image_spec
+    if type(learner) is not SimpleShot or spec is None or clf.text_encoder is not None:
+        return None
+    bb = learner.backbone
+    if not isinstance(bb, TimmBackbone) or not bb.runs_onnx() or bb.centre is not None \
+            or learner.head_name not in ("ncm", "soft_kmeans") or spec.channels != 3:
+        return None
+    size = int(bb.pretrained_cfg["input_size"][-1])
+    if spec.size != size:
+        return None
+    try:
+        trunk = bb._onnx_trunk(size)
+    except (OSError, ValueError):  # no onnxruntime, or the export failed: the full path says why when used
+        return None
+    members = list(trunk.members) if isinstance(trunk, ConcatTrunk) else [trunk]
+    return {"kind": "onnx-simpleshot", "version": 1,
+            "members": [{"file": m.path.name, "sha256": file_digest(m.path, "sha256"),
+                         "num_features": int(m.num_features)} for m in members],
+            "ensemble": isinstance(bb.trunk, ConcatTrunk), "power": bb.power, "backbone_l2norm": bb.l2norm,
+            "mean": [float(v) for v in bb.mean.flatten()], "std": [float(v) for v in bb.std.flatten()],
+            "l2norm": learner.l2norm, "centre": learner.centre, "head": learner.head_name,
+            "head_args": {k: float(v) if k == "scale" else int(v) for k, v in learner.head.args.items()},
+            "inductive_scale": learner.temperature, "transductive": learner.transductive,
+            "unknown_threshold": learner.unknown_threshold, "calibration_temperature": clf.temperature}
 
 
 def _copy_photos(clf: Any, folder: Path, classes: list[Any]) -> list[str]:
@@ -248,26 +283,6 @@ def _version() -> str:
     from metashot import __version__
 
     return __version__
-
-
-def read_description(path: str | Path) -> dict[str, Any]:
-    """The checked ``classifier.json`` of a saved classifier."""
-    path = Path(path)
-    f = path / DESCRIPTION
-    try:
-        desc = json.loads(f.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a saved classifier (no {DESCRIPTION}); save one with "
-                              f"clf.save(folder) or metashot fit") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"saved classifier {path}: {DESCRIPTION} is unreadable ({e})") from e
-    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
-        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
-        raise CheckpointError(f"saved classifier {path}: format {got!r} is not {FORMAT!r}")
-    for key in ("model", "classes", "support"):
-        if key not in desc:
-            raise CheckpointError(f"saved classifier {path}: {DESCRIPTION} lacks {key!r}; save it again")
-    return desc
 
 
 def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
@@ -311,17 +326,3 @@ def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str
     set_support(base, z, y, classes, items, desc.get("fitted_at"))
     base._saved_path = str(path)
     return base
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """What ``metashot info`` prints: the description of a saved classifier, without loading its model."""
-    desc = read_description(path)
-    counts = desc.get("class_counts") or []
-    classes = desc["classes"]
-    model = desc["model"]
-    return {"path": str(path), "model": model.get("name"), "algorithm": model.get("algorithm"),
-            "model_digest": model.get("digest"), "classes": len(classes),
-            "photos": int(sum(counts)), "per_class": dict(zip(map(str, classes), counts, strict=False)),
-            "embedding_dim": (desc["support"].get("embeddings") or [0, 0])[-1],
-            "fitted_at": desc.get("fitted_at"), "saved_at": desc.get("saved_at"),
-            "photos_copied": desc.get("photos") is not None, "metashot_version": desc.get("metashot_version")}

@@ -8,12 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from metashot.data.episodes import EpisodeBatch, EpisodeSampler
 from metashot.data.preprocess import ImageSpec, preprocess
-from metashot.data.store import ClassStore
 from metashot.registry import Registry
+
+if TYPE_CHECKING:
+    from metashot.data.episodes import EpisodeBatch, EpisodeSampler
+    from metashot.data.store import ClassStore
+
+# The names that need torch are imported on first use (PEP 562), so that reading photos
+# (metashot.data.preprocess, which the torch-free metashot.lite uses) does not import torch.
+_LAZY = {"EpisodeBatch": "metashot.data.episodes", "EpisodeSampler": "metashot.data.episodes",
+         "ClassStore": "metashot.data.store"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # A dataset is registered with what shared code needs to know of it: its ``modality`` ("image" or "text":
 # text checkpoints take sentences), ``image_spec`` (None: fixed preprocessing; "pretrained": a photo dataset
@@ -39,7 +56,7 @@ def folder_classes(split: str, root: str | Path | None) -> int:
     return sum(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
-Loader = Callable[..., ClassStore]
+Loader = Callable[..., "ClassStore"]
 
 
 def register_dataset(name: str, **meta: Any) -> Callable[[Loader], Loader]:

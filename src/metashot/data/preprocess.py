@@ -7,14 +7,17 @@ practitioner's ``FewShotClassifier`` applies exactly the preprocessing of its ch
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 # Version of the decoding rules for users' photos (EXIF orientation, every PIL mode, timm's resize, crop);
 # caches of photo stores are keyed by it, so a change here never reuses pixels decoded by older rules.
@@ -151,7 +154,8 @@ def to_pil(image: Any, source: str = "image", min_side: int | None = None) -> Im
                 return _exif_upright(im, path)
         except Exception as e:  # PIL raises several types for bad files
             raise ValueError(f"cannot decode image file {path}: {e}{decode_hint(path)}") from e
-    if isinstance(image, torch.Tensor):
+    torch = sys.modules.get("torch")  # (a tensor exists only once torch is imported: never import it here)
+    if torch is not None and isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
         arr = image
@@ -363,6 +367,8 @@ def _resize_centre_crop(im: Image.Image, size: int, crop_pct: float,
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float tensors pass through unchanged."""
+    import torch
+
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     return x

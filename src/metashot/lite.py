@@ -1,0 +1,371 @@
+"""Saved photo classifiers answered without PyTorch: ``metashot.load(folder).predict(photos)``, fast in a new
+process.
+
+Importing torch takes 2-4 s on a small CPU, longer than a person waits for one answer. A classifier saved
+from a photo model whose frozen trunk runs through ONNX Runtime (``precision: onnx``, the bundled ``photos``)
+records in its ``classifier.json`` (``runtime``) everything after the images: each member network's cached
+ONNX file and its SHA-256, the power transform and normalisations, the centring, the head (nearest class
+mean or soft k-means), its scales, the calibration temperature and the "unknown" threshold.
+``metashot.load(folder)`` then returns a :class:`LiteClassifier`, which answers ``predict``,
+``predict_proba``, ``classify``, ``decision_function`` and ``score`` with PIL, NumPy and ONNX Runtime only:
+the same decoding as :mod:`metashot.data.preprocess`, the same arithmetic as
+:class:`~metashot.algorithms.simpleshot.SimpleShot` (float32; tests/test_lite.py holds its answers to the
+PyTorch path's).
+
+Anything else (``partial_fit``, ``save``, ``transform``, ``support_embeddings_``, ``get_params``, setting an
+attribute, torch tensors as input, pickling) loads the full :class:`~metashot.classifier.FewShotClassifier`
+once (torch, the model, the digest check) and hands the call to it; from then on every call goes to it, so
+nothing answers from stale state. ``clf.full()`` does that explicitly.
+
+The lite path is used only when every recorded ONNX file is in this machine's cache
+(``$METASHOT_CACHE/onnx``) with the recorded SHA-256 and ONNX Runtime is installed; otherwise, or with
+``metashot.load(folder, lite=False)``, ``METASHOT_LITE=0`` or ``METASHOT_PRECISION`` other than ``onnx``,
+the full classifier is loaded (which exports the ONNX files again where they are missing). Its one
+difference: the lite path does not recompute the model's digest (that needs the model); it trusts the
+recorded ONNX digests, which name the exact networks the support set was embedded with.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metashot._env import cache_dir
+from metashot.checkpoint_files import CheckpointError
+from metashot.digest import file_digest
+from metashot.fitted_files import SUPPORT, read_description
+from metashot.lite_heads import UNKNOWN, check_unknown, l2n, scores_embedded, softmax
+
+RUNTIME_KIND, RUNTIME_VERSION = "onnx-simpleshot", 1
+_CHUNK = 16  # images per ONNX Runtime call (as metashot.nn.onnx_trunk.OrtMember: bounded memory)
+
+
+def lite_off() -> str | None:
+    """Why the environment turns the lite path off, or None."""
+    if os.environ.get("METASHOT_LITE", "").strip().lower() in ("0", "false", "no", "off"):
+        return "METASHOT_LITE=0"
+    env = os.environ.get("METASHOT_PRECISION", "").strip().lower()
+    if env not in ("", "onnx"):
+        return f"METASHOT_PRECISION={env}"
+    return None
+
+
+def check_runtime(rt: Any) -> dict[str, Any]:
+    """The ``runtime`` record of a classifier.json, checked (ValueError naming what is wrong)."""
+    if not isinstance(rt, dict):
+        raise ValueError("it has no runtime record (saved by an older metashot, or not an ONNX photo model)")
+    if rt.get("kind") != RUNTIME_KIND or rt.get("version") != RUNTIME_VERSION:
+        raise ValueError(f"its runtime record is {rt.get('kind')!r} version {rt.get('version')!r}")
+    members = rt.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError("its runtime record names no network")
+    for m in members:
+        name = m.get("file") if isinstance(m, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".onnx") \
+                or not isinstance(m.get("sha256"), str) or not isinstance(m.get("num_features"), int):
+            raise ValueError(f"its runtime record's network {m!r} is malformed")
+    num = (int, float)
+    for key, kinds in (("ensemble", bool), ("backbone_l2norm", bool), ("l2norm", bool),
+                       ("transductive", bool), ("inductive_scale", num), ("calibration_temperature", num)):
+        if not isinstance(rt.get(key), kinds):
+            raise ValueError(f"its runtime record's {key!r} is {rt.get(key)!r}")
+    for key in ("mean", "std"):
+        v = rt.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, num) for x in v)):
+            raise ValueError(f"its runtime record's {key!r} is {v!r}")
+    if rt.get("power") is not None and not (isinstance(rt["power"], num) and 0 < rt["power"] <= 1):
+        raise ValueError(f"its runtime record's power is {rt.get('power')!r}")
+    if rt.get("centre") not in ("support", "none") or rt.get("head") not in ("ncm", "soft_kmeans"):
+        raise ValueError(f"its runtime record's centre / head ({rt.get('centre')!r}, {rt.get('head')!r}) is "
+                         f"not one the lite path runs")
+    args = rt.get("head_args")
+    if not isinstance(args, dict) or not isinstance(args.get("scale"), num) \
+            or (rt["head"] == "soft_kmeans" and not isinstance(args.get("steps"), int)):
+        raise ValueError(f"its runtime record's head_args {args!r} are malformed")
+    t = rt.get("unknown_threshold")
+    if t is not None and not isinstance(t, num):
+        raise ValueError(f"its runtime record's unknown_threshold is {t!r}")
+    if not rt["calibration_temperature"] > 0:
+        raise ValueError("its runtime record's calibration_temperature is not positive")
+    return rt
+
+
+def open_lite(path: str | Path) -> tuple[LiteClassifier | None, str]:
+    """(the lite classifier of saved folder ``path``, "") or (None, why not). A damaged folder (no or a bad
+    classifier.json, a support file that does not match its digest) raises the same one-line
+    :class:`~metashot.checkpoint_files.CheckpointError` as the full path."""
+    path = Path(path)
+    off = lite_off()
+    if off:
+        return None, f"{off} is set"
+    desc = read_description(path)
+    try:
+        rt = check_runtime(desc.get("runtime"))
+    except ValueError as e:
+        return None, f"{path}: {e}"
+    spec = desc.get("image_spec")
+    if not isinstance(spec, dict):
+        return None, f"{path}: it records no image preprocessing"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "ONNX Runtime is not installed (pip install 'metashot[vision]')"
+    folder = cache_dir("onnx")
+    files = []
+    for m in rt["members"]:
+        f = folder / m["file"]
+        try:
+            ok = f.is_file() and file_digest(f, "sha256") == m["sha256"]
+        except OSError:
+            ok = False
+        if not ok:
+            return None, f"{f} is missing or does not match the SHA-256 in {path}'s classifier.json"
+        files.append(f)
+    z, y = _read_support(path, desc)
+    if z.shape[1] != sum(m["num_features"] for m in rt["members"]):
+        return None, f"{path}: its support embeddings do not match its networks' widths"
+    return LiteClassifier(path, desc, rt, z, y, files), ""
+
+
+def _read_support(path: Path, desc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The saved support embeddings [S, D] float32 and labels [S] int64, checked as the full path does."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    sup = desc["support"]
+    f = path / str(sup.get("file", SUPPORT)) if isinstance(sup, dict) else path / SUPPORT
+    if not f.is_file() or not isinstance(sup, dict) or file_digest(f, "sha256") != sup.get("sha256"):
+        raise CheckpointError(f"saved classifier {path}: {f.name} is missing or does not match the SHA-256 "
+                              f"in classifier.json (modified or truncated); save it again")
+    try:
+        t = load_file(str(f))
+        z, y = t["embeddings"].astype(np.float32), t["labels"].astype(np.int64)
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"saved classifier {path}: {f.name} cannot be read ({e})") from e
+    n = len(desc["classes"]) if isinstance(desc["classes"], list) else 0
+    if z.ndim != 2 or y.ndim != 1 or len(y) != len(z) or (len(y) and (y.min() < 0 or y.max() >= n)):
+        raise CheckpointError(f"saved classifier {path}: {f.name} does not match its {n} classes")
+    return z, y
+
+
+def _same(obj: Any) -> Any:
+    """What an unpickled LiteClassifier becomes: the full classifier it pickled."""
+    return obj
+
+
+class LiteClassifier:
+    """A saved fitted photo classifier answered with ONNX Runtime and NumPy (see the module docstring).
+
+    ``classes_`` and ``n_features_in_`` are as the full classifier's; ``predict``, ``predict_proba``,
+    ``classify``, ``decision_function`` and ``score`` take the same arguments and give the same answers.
+    Any other attribute or method loads the full :class:`~metashot.classifier.FewShotClassifier` once and
+    hands the call to it (``clf.full()``)."""
+
+    _OWN = frozenset({"classes_", "n_features_in_", "source"})
+
+    def __init__(self, path: Path, desc: dict[str, Any], runtime: dict[str, Any], z: np.ndarray,
+                 y: np.ndarray, files: list[Path]) -> None:
+        from metashot.data.preprocess import ImageSpec
+
+        d = self.__dict__
+        d["_path"], d["_desc"], d["_rt"], d["_files"] = Path(path), desc, runtime, files
+        d["_zs"], d["_ys"], d["_full"], d["_sessions"] = z, y, None, None
+        d["_spec"] = ImageSpec.from_dict(desc["image_spec"])
+        classes = np.empty(len(desc["classes"]), dtype=object)
+        classes[:] = list(desc["classes"])
+        d["classes_"], d["n_features_in_"] = classes, int(z.shape[1])
+        d["source"] = desc["model"].get("name") if isinstance(desc["model"], dict) else None
+
+    # -- the full classifier, for everything else -------------------------------------------------------
+
+    def full(self) -> Any:
+        """The full FewShotClassifier of this folder (imports torch and loads the model, once); from then on
+        every call of this object goes to it."""
+        if self.__dict__["_full"] is None:
+            from metashot.classifier import load
+
+            self.__dict__["_full"] = load(self._path)
+            self.__dict__["_sessions"] = None
+            for name in self._OWN:  # from now on the full classifier's (partial_fit changes classes_)
+                self.__dict__.pop(name, None)
+        return self.__dict__["_full"]
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when normal lookup fails: every attribute the lite path does not hold
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.full(), name, value)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return _same, (self.full(),)  # pickles (and copies) as the full classifier
+
+    def __sklearn_clone__(self) -> Any:
+        from sklearn.base import clone
+
+        return clone(self.full())
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(type(self.full()))) if self._full is not None
+                      else super().__dir__())
+
+    def __repr__(self) -> str:
+        if self._full is not None:
+            return repr(self._full)
+        shown = ", ".join(repr(c) for c in self.classes_[:5]) + (", ..." if len(self.classes_) > 5 else "")
+        return (f"LiteClassifier(saved={str(self._path)!r}, model={self.source!r}, classes_=[{shown}] "
+                f"({len(self.classes_)}), runtime='onnxruntime+numpy, no torch')")
+
+    # -- embedding ---------------------------------------------------------------------------------------
+
+    def _session_list(self) -> list[Any]:
+        if self._sessions is None:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            so.intra_op_num_threads = max(1, min(cpus or 1, 16))
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            self.__dict__["_sessions"] = [ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+                                          for f in self._files]
+        return self._sessions
+
+    def _pixels(self, images: Any, what: str) -> np.ndarray:
+        """uint8 [n, 3, S, S] of ``images`` (paths, PIL images, uint8 arrays), decoded as the full path."""
+        from PIL import Image
+
+        from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, domain_warning, preprocess_checked
+
+        if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, np.ndarray)):
+            raise TypeError(f"{what}: expected a sequence of images (PIL images, paths or uint8 arrays)")
+        if len(images) == 0:
+            raise ValueError(f"{what}: no images given")
+        spec = self._spec
+
+        def one(i: int) -> tuple[np.ndarray, set[str]]:
+            return preprocess_checked(images[i], spec, source=f"{what}[{i}]")
+
+        workers = min(4, os.cpu_count() or 1, len(images))
+        if workers > 1:
+            for im in images:
+                if isinstance(im, Image.Image):
+                    im.load()
+            with ThreadPoolExecutor(workers) as pool:
+                done = list(pool.map(one, range(len(images))))
+        else:
+            done = [one(i) for i in range(len(images))]
+        hits: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for note in (COLOUR, LIGHT_ON_DARK):
+            hit = [i for i, (_, n) in enumerate(done) if note in n]
+            counts[note] = len(hit)
+            hits[note] = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
+                          for i in hit[:5]]
+        text = domain_warning(spec, hits, counts, len(done), what)
+        if text:
+            warnings.warn(text, UserWarning, stacklevel=4)
+        return np.stack([a for a, _ in done])
+
+    def _embed(self, images: Any, what: str) -> np.ndarray:
+        """Embeddings [n, D] as SimpleShot.embed gives them (float32)."""
+        rt = self._rt
+        x = self._pixels(images, what).astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(rt["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(rt["std"], np.float32).reshape(1, -1, 1, 1)
+        x = np.ascontiguousarray((x - mean) / std)
+        parts = []
+        for s in self._session_list():
+            z = np.concatenate([s.run(None, {"x": x[i:i + _CHUNK]})[0] for i in range(0, len(x), _CHUNK)])
+            z = z.reshape(len(x), -1).astype(np.float32)
+            if rt["ensemble"]:
+                if rt["power"] is not None:
+                    z = (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(rt["power"])
+                z = l2n(z)
+            parts.append(z)
+        if rt["ensemble"]:
+            z = np.concatenate(parts, -1) / np.float32(len(parts) ** 0.5)
+        else:
+            z = parts[0]
+            if rt["power"] is not None:
+                z = (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(rt["power"])
+        if rt["backbone_l2norm"]:
+            z = l2n(z)
+        return l2n(z) if rt["l2norm"] else z
+
+    def _scores(self, images: Any, transductive: bool | None,
+                unknown: bool) -> tuple[np.ndarray, np.ndarray, float | None]:
+        threshold = None
+        if unknown:
+            threshold = self._rt.get("unknown_threshold")
+            check_unknown(threshold, self.classes_, self.source)
+        zq = self._embed(images, "predict images")
+        logits, known = scores_embedded(self._zs, self._ys, zq, self._rt, transductive, threshold)
+        if not np.isfinite(logits).all():
+            bad = int((~np.isfinite(logits)).sum())
+            raise ValueError(f"predict with checkpoint {self.source}: the model's scores are not finite "
+                             f"({bad} of {logits.size} NaN/Inf); the saved classifier {self._path} is "
+                             f"damaged: fit and save it again")
+        t = float(self._rt["calibration_temperature"])
+        return (logits / np.float32(t) if t != 1.0 else logits), known, threshold
+
+    # -- the public answers ------------------------------------------------------------------------------
+
+    def _delegate(self, images: Any) -> bool:
+        if self._full is not None:
+            return True
+        torch = sys.modules.get("torch")
+        return torch is not None and (isinstance(images, torch.Tensor)
+                                      or (isinstance(images, (list, tuple))
+                                          and any(isinstance(i, torch.Tensor) for i in images)))
+
+    def classify(self, images: Any, *, transductive: bool | None = None,
+                 unknown: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Labels [n] and class probabilities [n, n_classes] of ``images`` in one pass; the images of one
+        call are one unlabelled batch for a transductive head (see FewShotClassifier.classify)."""
+        if self._delegate(images):
+            return self.full().classify(images, transductive=transductive, unknown=unknown)
+        scores, known, threshold = self._scores(images, transductive, unknown)
+        proba = softmax(scores)
+        labels = self.classes_[proba.argmax(1)].copy()
+        if threshold is not None:
+            labels[known < threshold] = UNKNOWN
+        return labels, proba
+
+    def decision_function(self, images: Any, *, transductive: bool | None = None) -> np.ndarray:
+        """Scores (logits divided by the calibration temperature) [n, n_classes]."""
+        if self._delegate(images):
+            return self.full().decision_function(images, transductive=transductive)
+        return self._scores(images, transductive, False)[0]
+
+    def predict_proba(self, images: Any, *, transductive: bool | None = None) -> np.ndarray:
+        """Class probabilities [n, n_classes], columns in the order of ``classes_``."""
+        if self._delegate(images):
+            return self.full().predict_proba(images, transductive=transductive)
+        return softmax(self._scores(images, transductive, False)[0])
+
+    def predict(self, images: Any, *, transductive: bool | None = None, unknown: bool = False) -> np.ndarray:
+        """Labels [n] (``"unknown"`` for photos of none of the classes when ``unknown=True``)."""
+        return self.classify(images, transductive=transductive, unknown=unknown)[0]
+
+    def score(self, images: Any, labels: Sequence[Hashable]) -> float:
+        """Accuracy (a fraction in [0, 1]) of ``predict(images)`` against ``labels``."""
+        if self._delegate(images):
+            return self.full().score(images, labels)
+        labels = list(labels)
+        if len(labels) != len(images):
+            raise ValueError(f"score: {len(images)} images but {len(labels)} labels")
+        pred = self.predict(images)
+        return float(np.mean([p == t for p, t in zip(pred, labels, strict=True)]))
+
+
+__all__ = ["UNKNOWN", "LiteClassifier", "lite_off", "open_lite"]
