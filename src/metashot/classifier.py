@@ -22,22 +22,16 @@ import os
 import sys
 import warnings
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from metashot.algorithms.base import MetaLearner, Predictor
 from metashot.checkpoint import CheckpointError, load_checkpoint
 from metashot.data.preprocess import (
-    COLOUR,
-    LIGHT_ON_DARK,
     ImageSpec,
-    domain_warning,
-    preprocess_checked,
     to_float,
 )
 from metashot.estimator import EstimatorMixin, NotFittedError  # noqa: F401 (NotFittedError: re-exported)
@@ -111,43 +105,17 @@ class FewShotClassifier(EstimatorMixin):
             from metashot.text.glue import encode_sentences
 
             return encode_sentences(images, self.text_encoder, what).to(self.device)
-        if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, np.ndarray, torch.Tensor)):
-            raise TypeError(f"{what}: expected a sequence of images (PIL images, paths or uint8 arrays)")
-        if len(images) == 0:
-            raise ValueError(f"{what}: no images given")
-        if self.image_spec is None:
-            raise ValueError(f"{what}: this checkpoint has no image preprocessing; pass float tensors")
-        spec = self.image_spec
+        from metashot.data.decode import decode_images
 
-        def one(i: int) -> tuple[np.ndarray, set[str]]:
-            return preprocess_checked(images[i], spec, source=f"{what}[{i}]")
-
-        # Decoding and resizing release the GIL: a few threads overlap them (a 12-megapixel JPEG takes ~10 ms
-        # even at 1/8 scale). map() keeps the order and re-raises the first error, which names the file.
-        workers = min(4, os.cpu_count() or 1, len(images))
-        if workers > 1:  # a lazily opened PIL image may appear twice: load it before threads share it
-            for im in images:
-                if isinstance(im, Image.Image):
-                    im.load()
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                done = list(pool.map(one, range(len(images))))
-        else:
-            done = [one(i) for i in range(len(images))]
-        self._warn_domain(images, [n for _, n in done], what)
-        arr = np.stack([a for a, _ in done])
+        arr, notes = decode_images(images, self.image_spec, what)
+        self._warn_domain(images, notes, what)
         return to_float(torch.from_numpy(arr)).to(self.device)
 
     def _warn_domain(self, images: Any, notes: list[set[str]], what: str) -> None:
         """One warning for the whole call, naming the inputs that do not look like the checkpoint's domain."""
-        hits: dict[str, list[str]] = {}
-        counts: dict[str, int] = {}
-        for note in (COLOUR, LIGHT_ON_DARK):
-            hit = [i for i, n in enumerate(notes) if note in n]
-            counts[note] = len(hit)
-            hits[note] = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
-                          for i in hit[:5]]
-        text = domain_warning(self.image_spec, hits, counts, len(notes), what)
+        from metashot.data.decode import batch_domain_warning
+
+        text = batch_domain_warning(images, notes, self.image_spec, what)
         if text:
             warnings.warn(text, UserWarning, stacklevel=_caller_level())
 

@@ -31,7 +31,6 @@ import os
 import sys
 import warnings
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -242,39 +241,13 @@ class LiteClassifier:
 
     def _pixels(self, images: Any, what: str) -> np.ndarray:
         """uint8 [n, 3, S, S] of ``images`` (paths, PIL images, uint8 arrays), decoded as the full path."""
-        from PIL import Image
+        from metashot.data.decode import batch_domain_warning, decode_images
 
-        from metashot.data.preprocess import COLOUR, LIGHT_ON_DARK, domain_warning, preprocess_checked
-
-        if isinstance(images, (str, Path)) or not isinstance(images, (Sequence, np.ndarray)):
-            raise TypeError(f"{what}: expected a sequence of images (PIL images, paths or uint8 arrays)")
-        if len(images) == 0:
-            raise ValueError(f"{what}: no images given")
-        spec = self._spec
-
-        def one(i: int) -> tuple[np.ndarray, set[str]]:
-            return preprocess_checked(images[i], spec, source=f"{what}[{i}]")
-
-        workers = min(4, os.cpu_count() or 1, len(images))
-        if workers > 1:
-            for im in images:
-                if isinstance(im, Image.Image):
-                    im.load()
-            with ThreadPoolExecutor(workers) as pool:
-                done = list(pool.map(one, range(len(images))))
-        else:
-            done = [one(i) for i in range(len(images))]
-        hits: dict[str, list[str]] = {}
-        counts: dict[str, int] = {}
-        for note in (COLOUR, LIGHT_ON_DARK):
-            hit = [i for i, (_, n) in enumerate(done) if note in n]
-            counts[note] = len(hit)
-            hits[note] = [str(images[i]) if isinstance(images[i], (str, Path)) else f"{what}[{i}]"
-                          for i in hit[:5]]
-        text = domain_warning(spec, hits, counts, len(done), what)
+        arr, notes = decode_images(images, self._spec, what)
+        text = batch_domain_warning(images, notes, self._spec, what)
         if text:
             warnings.warn(text, UserWarning, stacklevel=4)
-        return np.stack([a for a, _ in done])
+        return arr
 
     def _embed(self, images: Any, what: str) -> np.ndarray:
         """Embeddings [n, D] as SimpleShot.embed gives them (float32)."""
