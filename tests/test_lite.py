@@ -89,9 +89,9 @@ def test_malformed_runtime_records_turn_the_lite_path_off(tmp_path: Path) -> Non
 
 
 def test_the_lite_modules_do_not_import_torch() -> None:
-    code = ("import sys, metashot, metashot.loader, metashot.lite, metashot.fitted_files, "
-            "metashot.data.preprocess; metashot.load; print(sorted(m for m in sys.modules if m.split('.')[0] "
-            "== 'torch')[:3])")
+    code = ("import sys, metashot, metashot.loader, metashot.lite, metashot.fitted_files, metashot.cli, "
+            "metashot.data.preprocess, metashot.data.decode, metashot.predict_folder; metashot.load; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -232,3 +232,34 @@ def test_unknown_needs_a_threshold_and_no_class_named_unknown() -> None:
     with pytest.raises(ValueError, match="a support class is named 'unknown'"):
         check_unknown(0.1, ["a", "unknown"], "photos")
     check_unknown(0.1, ["a", "b"], "photos")
+
+
+@pytest.mark.slow
+def test_cli_predict_of_a_saved_classifier_runs_without_torch(saved: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`metashot predict FOLDER --query DIR` answers through the lite path, in a new process without torch,
+    with the full path's rows (METASHOT_LITE=0); --threshold and --unknown work on it too."""
+    from metashot.cli import main
+
+    query = tmp_path / "query"
+    query.mkdir()
+    for f in saved["queries"][::2] + [f for _, f in saved["extra"]][:2]:
+        shutil.copyfile(f, query / Path(f).name)
+    out = {}
+    for lite in ("1", "0"):
+        monkeypatch.setenv("METASHOT_LITE", lite)
+        for flags in ([], ["--unknown"], ["--threshold", "0.5"]):
+            assert main(["predict", str(saved["folder"]), "--query", str(query), "--quiet", *flags]) == 0
+            out[lite, tuple(flags)] = [r.split(",") for r in capsys.readouterr().out.strip().splitlines()]
+    for flags in ([], ["--unknown"], ["--threshold", "0.5"]):
+        a, b = out["1", tuple(flags)], out["0", tuple(flags)]
+        assert len(a) == 13 and [r[:2] for r in a] == [r[:2] for r in b], flags
+        assert all(abs(float(x[2]) - float(y[2])) <= 2e-4 for x, y in zip(a[1:], b[1:], strict=True))
+    assert "unknown" in [r[1] for r in out["1", ("--unknown",)]]
+    monkeypatch.delenv("METASHOT_LITE")
+    code = ("import sys; from metashot.cli import main; "
+            f"rc = main(['predict', {str(saved['folder'])!r}, '--query', {str(query)!r}, '--quiet']); "
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stderr.split() == ["0", "False"] and run.stdout.count("\n") == 13, run.stderr

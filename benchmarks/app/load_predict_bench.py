@@ -10,6 +10,7 @@ just read), so "cold" means a new process, not a cold disk.
 
     python benchmarks/app/load_predict_bench.py              # 10 classes x 5 photos, 5 runs
     python benchmarks/app/load_predict_bench.py --path full  # the same with metashot.load(..., lite=False)
+    python benchmarks/app/load_predict_bench.py --path cli   # `metashot predict FOLDER --query PHOTO --quiet`
 
 ``--path lite`` (default) is what ``metashot.load(folder)`` does: a LiteClassifier, no torch (metashot.lite);
 ``--path full`` loads the full FewShotClassifier (torch, the model, its digest check).
@@ -20,6 +21,7 @@ Prints one JSON line. Target (issue 28): wall_s <= 1.5 s.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--ways", type=int, default=10)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--path", choices=("lite", "full"), default="lite")
+    ap.add_argument("--path", choices=("lite", "full", "cli"), default="lite")
     a = ap.parse_args()
     import metashot
 
@@ -86,11 +88,16 @@ def main() -> None:
         env = dict(os.environ, METASHOT_QUIET="1")
         for _ in range(a.repeats):
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", CHILD.format(folder=str(folder), photo=query,
-                                                                  lite=a.path == "lite")],
-                                 capture_output=True, text=True, env=env, check=True)
+            if a.path == "cli":  # the console script, as a person types it; its CSV's one row
+                cmd = [str(Path(sys.executable).with_name("metashot")), "predict", str(folder), "--query",
+                       query, "--quiet"]
+            else:
+                child_code = CHILD.format(folder=str(folder), photo=query, lite=a.path == "lite")
+                cmd = [sys.executable, "-c", child_code]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             wall = time.perf_counter() - t0
-            child = json.loads(out.stdout.strip().splitlines()[-1])
+            last = out.stdout.strip().splitlines()[-1]
+            child = {"label": next(csv.reader([last]))[1]} if a.path == "cli" else json.loads(last)
             runs.append({"wall_s": round(wall, 3), **{k: round(v, 3) if isinstance(v, float) else v
                                                          for k, v in child.items()}})
         walls = [r["wall_s"] for r in runs]

@@ -78,10 +78,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from metashot.classifier import load
+    from metashot.loader import load
     from metashot.predict_folder import predict_images_csv
 
-    clf = load(a.checkpoint, a.device)
+    # a saved photo classifier predicts without torch (metashot.lite) unless --support fits it again
+    clf = load(a.checkpoint, a.device, lite=False if a.support is not None else None)
     fit_cli.check_support(clf, a.support, a.checkpoint)
     if clf.text_encoder is not None:  # text checkpoint: sentence files instead of image folders
         from metashot.text.glue import predict_text_cli

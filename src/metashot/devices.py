@@ -8,7 +8,7 @@ from typing import Any
 
 def check_device(device: Any, where: str, fix: str = "use cpu") -> None:
     """Raise ValueError(one line) when ``device`` names no device usable here; None passes."""
-    if device is None:
+    if device is None or device == "cpu":  # always usable; and a torch-free command stays torch-free
         return
     import torch
 

@@ -54,7 +54,7 @@ def fit_and_save(model: str, support: str | Path, out: str | Path, *, overwrite:
 
 def check_support(clf: Any, support: str | Path | None, checkpoint: str) -> None:
     """``metashot predict`` without ``--support`` needs a saved classifier (fitted); one line otherwise."""
-    if support is None and clf.__dict__.get("_predictor") is None:
+    if support is None and not getattr(clf, "is_lite", False) and clf.__dict__.get("_predictor") is None:
         raise ValueError(f"{checkpoint} is a model, not a saved classifier: give --support DIR (a folder "
                          f"of class subfolders), or first save one with `metashot fit {checkpoint} --support "
                          f"DIR --out FOLDER` and predict with FOLDER")

@@ -168,6 +168,7 @@ class LiteClassifier:
     hands the call to it (``clf.full()``)."""
 
     _OWN = frozenset({"classes_", "n_features_in_", "source"})
+    is_lite = True
 
     def __init__(self, path: Path, desc: dict[str, Any], runtime: dict[str, Any], z: np.ndarray,
                  y: np.ndarray, files: list[Path]) -> None:
@@ -224,6 +225,23 @@ class LiteClassifier:
         return (f"LiteClassifier(saved={str(self._path)!r}, model={self.source!r}, classes_=[{shown}] "
                 f"({len(self.classes_)}), runtime='onnxruntime+numpy, no torch')")
 
+    @property
+    def image_spec(self) -> Any:
+        """The preprocessing of the model's photos (an ImageSpec)."""
+        return self._full.image_spec if self._full is not None else self._spec
+
+    @property
+    def text_encoder(self) -> None:
+        return None  # a photo model
+
+    def _warn_domain(self, images: Any, notes: list[set[str]], what: str) -> None:
+        """One warning for a batch (as FewShotClassifier._warn_domain; ``metashot predict`` calls it)."""
+        from metashot.data.decode import batch_domain_warning
+
+        text = batch_domain_warning(images, notes, self.image_spec, what)
+        if text:
+            warnings.warn(text, UserWarning, stacklevel=3)
+
     # -- embedding ---------------------------------------------------------------------------------------
 
     def _session_list(self) -> list[Any]:
@@ -241,18 +259,16 @@ class LiteClassifier:
 
     def _pixels(self, images: Any, what: str) -> np.ndarray:
         """uint8 [n, 3, S, S] of ``images`` (paths, PIL images, uint8 arrays), decoded as the full path."""
-        from metashot.data.decode import batch_domain_warning, decode_images
+        from metashot.data.decode import decode_images
 
         arr, notes = decode_images(images, self._spec, what)
-        text = batch_domain_warning(images, notes, self._spec, what)
-        if text:
-            warnings.warn(text, UserWarning, stacklevel=4)
+        self._warn_domain(images, notes, what)
         return arr
 
-    def _embed(self, images: Any, what: str) -> np.ndarray:
-        """Embeddings [n, D] as SimpleShot.embed gives them (float32)."""
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Embeddings [n, D] of preprocessed uint8 pixels [n, 3, S, S], as SimpleShot.embed gives them."""
         rt = self._rt
-        x = self._pixels(images, what).astype(np.float32) / np.float32(255.0)
+        x = pixels.astype(np.float32) / np.float32(255.0)
         mean = np.asarray(rt["mean"], np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(rt["std"], np.float32).reshape(1, -1, 1, 1)
         x = np.ascontiguousarray((x - mean) / std)
@@ -275,13 +291,13 @@ class LiteClassifier:
             z = l2n(z)
         return l2n(z) if rt["l2norm"] else z
 
-    def _scores(self, images: Any, transductive: bool | None,
-                unknown: bool) -> tuple[np.ndarray, np.ndarray, float | None]:
+    def _scores(self, images: Any, transductive: bool | None, unknown: bool,
+                pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
         threshold = None
         if unknown:
             threshold = self._rt.get("unknown_threshold")
             check_unknown(threshold, self.classes_, self.source)
-        zq = self._embed(images, "predict images")
+        zq = self._embed(self._pixels(images, "predict images") if pixels is None else pixels)
         logits, known = scores_embedded(self._zs, self._ys, zq, self._rt, transductive, threshold)
         if not np.isfinite(logits).all():
             bad = int((~np.isfinite(logits)).sum())
@@ -307,12 +323,32 @@ class LiteClassifier:
         call are one unlabelled batch for a transductive head (see FewShotClassifier.classify)."""
         if self._delegate(images):
             return self.full().classify(images, transductive=transductive, unknown=unknown)
-        scores, known, threshold = self._scores(images, transductive, unknown)
+        return self._labels(*self._scores(images, transductive, unknown))
+
+    def _labels(self, scores: np.ndarray, known: np.ndarray,
+                threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
         proba = softmax(scores)
         labels = self.classes_[proba.argmax(1)].copy()
         if threshold is not None:
             labels[known < threshold] = UNKNOWN
         return labels, proba
+
+    def classify_pixels(self, pixels: np.ndarray, *, transductive: bool | None = None,
+                        unknown: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`classify` of images already preprocessed by :attr:`image_spec`: uint8 [n, 3, S, S] (what
+        ``metashot predict`` decodes ahead in threads)."""
+        if self._full is not None:
+            import torch
+
+            from metashot.data.preprocess import to_float
+
+            return self._full.classify(to_float(torch.from_numpy(pixels)), transductive=transductive,
+                                       unknown=unknown)
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (3, self._spec.size,
+                                                                                 self._spec.size):
+            raise ValueError(f"classify_pixels: expected uint8 [n, 3, {self._spec.size}, {self._spec.size}], "
+                             f"got {pixels.dtype} {list(pixels.shape)}")
+        return self._labels(*self._scores(None, transductive, unknown, pixels))
 
     def decision_function(self, images: Any, *, transductive: bool | None = None) -> np.ndarray:
         """Scores (logits divided by the calibration temperature) [n, n_classes]."""

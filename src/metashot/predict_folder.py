@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -99,10 +98,19 @@ def _unreadable_line(bad: dict[Path, str], n_files: int) -> str:
     return f"{len(bad)} of {n_files} image file(s) cannot be read: {shown}{more}"
 
 
-def classify_chunk(clf: FewShotClassifier, x: torch.Tensor, transductive: bool | None,
+def classify_chunk(clf: FewShotClassifier, x: Any, transductive: bool | None,
                    unknown: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, proba [n, n_classes]) of one chunk of preprocessed images: ``clf.classify`` where the
-    classifier has it, else the argmax of ``predict_proba`` (inductive, no ``unknown`` label)."""
+    """(labels, proba [n, n_classes]) of one chunk of preprocessed images ``x``: uint8 pixels [n, C, S, S]
+    (NumPy) or a float tensor. A :class:`~metashot.lite.LiteClassifier` takes the pixels as they are (no
+    torch); otherwise ``clf.classify`` where the classifier has it, else the argmax of ``predict_proba``
+    (inductive, no ``unknown`` label)."""
+    if isinstance(x, np.ndarray):
+        by_pixels = getattr(clf, "classify_pixels", None)
+        if by_pixels is not None:
+            return by_pixels(x, transductive=transductive, unknown=unknown)
+        import torch
+
+        x = to_float(torch.from_numpy(x))
     classify = getattr(clf, "classify", None)
     if classify is not None:
         return classify(x, transductive=transductive, unknown=unknown)
@@ -286,8 +294,7 @@ def _stream(clf: FewShotClassifier, todo: list[Path], bad: dict[Path, str], out:
                 notes.append(note)
             buf, lines = io.StringIO(), []
             if arrs:
-                labels, proba = classify_chunk(clf, to_float(torch.from_numpy(np.stack(arrs))), transductive,
-                                               unknown)
+                labels, proba = classify_chunk(clf, np.stack(arrs), transductive, unknown)
                 col = {c: k for k, c in enumerate(clf.classes_)}
             for r in rows:
                 if isinstance(r, tuple):

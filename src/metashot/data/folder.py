@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,7 +27,9 @@ from metashot.data.preprocess import (
     preprocess,
     preprocess_checked,
 )
-from metashot.data.store import ClassStore, cached_store
+
+if TYPE_CHECKING:
+    from metashot.data.store import ClassStore
 
 # HEIC/HEIF through pillow-heif (the vision extra), AVIF where Pillow has libavif (metashot.data.preprocess)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
@@ -176,6 +179,8 @@ def image_folder(root: str | Path, spec: ImageSpec, cache_dir: Path | None = Non
     Classes are in sorted folder-name order. The cache is keyed by every image file's identity (path,
     size, modification time) and ``spec``, so editing, adding or removing an image rebuilds it.
     """
+    from metashot.data.store import cached_store  # (torch: imported by the one function that needs it)
+
     classes = list_folder(Path(root))
     files = [f for fs in classes.values() for f in fs]
     names = list(classes)
