@@ -10,7 +10,8 @@ mean or soft k-means), its scales, the calibration temperature and the "unknown"
 ``predict_proba``, ``classify``, ``decision_function`` and ``score`` with PIL, NumPy and ONNX Runtime only:
 the same decoding as :mod:`metashot.data.preprocess`, the same arithmetic as
 :class:`~metashot.algorithms.simpleshot.SimpleShot` (float32; tests/test_lite.py holds its answers to the
-PyTorch path's).
+PyTorch path's). ``metashot predict FOLDER --query DIR`` (no ``--support``) goes through it too
+(:meth:`LiteClassifier.classify_pixels`).
 
 Anything else (``partial_fit``, ``save``, ``transform``, ``support_embeddings_``, ``get_params``, setting an
 attribute, torch tensors as input, pickling) loads the full :class:`~metashot.classifier.FewShotClassifier`
