@@ -4,6 +4,7 @@ else to the full classifier."""
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -25,7 +26,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _runtime(head: str = "soft_kmeans", steps: int = 2, **kw) -> dict:
-    rt = {"kind": "onnx-simpleshot", "version": 1,
+    rt = {"kind": "onnx-simpleshot", "version": 1, "size": 8,
           "members": [{"file": "a.onnx", "sha256": "0" * 64, "num_features": 6}], "ensemble": False,
           "power": None, "backbone_l2norm": False, "mean": [0.5] * 3, "std": [0.5] * 3, "l2norm": True,
           "centre": "support", "head": head,
@@ -62,7 +63,8 @@ def test_numpy_head_arithmetic_matches_simpleshot(head: str, transductive: bool 
     assert 0 < (known < 0.4).sum() < len(zq)  # the threshold splits this batch: both branches ran
 
 
-def test_malformed_runtime_records_turn_the_lite_path_off(tmp_path: Path) -> None:
+def test_malformed_runtime_records_turn_the_lite_path_off(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder whose runtime record is missing or malformed is not answered by the lite path; the reason
     names what is wrong (the full path then loads it)."""
     from safetensors.numpy import save_file
@@ -75,10 +77,17 @@ def test_malformed_runtime_records_turn_the_lite_path_off(tmp_path: Path) -> Non
             "support": {"file": "support.safetensors",
                         "sha256": file_digest(tmp_path / "support.safetensors")},
             "image_spec": {"size": 8, "channels": 3}}
+    two = [{"file": f"{k}.onnx", "sha256": "0", "num_features": 3} for k in "ab"]
     for rt, says in ((None, "no runtime record"), (_runtime(head="tim"), "not one the lite path runs"),
                      (_runtime(members=[{"file": "../x.onnx", "sha256": "0", "num_features": 6}]),
                       "malformed"), (_runtime(power=3), "power"),
                      (_runtime(calibration_temperature=0), "calibration_temperature"),
+                     (_runtime(calibration_temperature=float("inf")), "calibration_temperature"),
+                     (_runtime(inductive_scale=-10.0), "inductive_scale"),
+                     (_runtime(unknown_threshold=float("nan")), "unknown_threshold"),
+                     (_runtime(head_args={"scale": 7.0, "steps": True}), "head_args"),
+                     (_runtime(members=two), "do not match its 'ensemble'"),
+                     (_runtime(size=224), "is not its networks'"),
                      (_runtime(), "is missing or does not match the SHA-256")):
         (tmp_path / "classifier.json").write_text(json.dumps(dict(base, runtime=rt)))
         clf, why = open_lite(tmp_path)
@@ -86,6 +95,21 @@ def test_malformed_runtime_records_turn_the_lite_path_off(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="lite=True") as e:
             metashot.load(tmp_path, lite=True)
         assert "\n" not in str(e.value)
+    # networks present and verified, but a class without a photo (or a single class): not the lite path
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "onnx").mkdir(parents=True)
+    onnx = tmp_path / "cache" / "onnx" / "a.onnx"
+    onnx.write_bytes(b"not read before the checks")
+    net = [{"file": "a.onnx", "sha256": file_digest(onnx), "num_features": 6}]
+    (tmp_path / "classifier.json").write_text(json.dumps(dict(base, runtime=_runtime(members=net),
+                                                              classes=["a", "b", "c"])))
+    assert "at least 2 classes" in open_lite(tmp_path)[1]
+    (tmp_path / "classifier.json").write_text(json.dumps(dict(base, runtime=_runtime(), image_spec={"x": 1})))
+    assert "image preprocessing is unreadable" in open_lite(tmp_path)[1]
+    sup = dict(base["support"], file="../support.safetensors")  # outside the folder: refused on both paths
+    (tmp_path / "classifier.json").write_text(json.dumps(dict(base, runtime=_runtime(), support=sup)))
+    with pytest.raises(CheckpointError, match="plain name inside the folder"):
+        open_lite(tmp_path)
 
 
 def test_the_lite_modules_do_not_import_torch() -> None:
@@ -147,7 +171,9 @@ def test_lite_answers_as_the_full_classifier(saved: dict) -> None:
     np.testing.assert_allclose(lite.predict_proba(ims), full.predict_proba(ims), atol=1e-5)
     truth = [Path(f).name.rsplit("_", 1)[0] for f in saved["queries"]]
     assert lite.score(saved["queries"], truth) == full.score(saved["queries"], truth) >= 0.9
+    assert getattr(lite, "_repr_html_", None) is None and not hasattr(lite, "_ipython_canary_method_")
     assert type(lite).__name__ == "LiteClassifier" and lite._full is None  # nothing above needed torch
+    assert lite.is_lite
 
 
 @pytest.mark.slow
@@ -209,7 +235,10 @@ def test_lite_hands_everything_else_to_the_full_classifier(saved: dict, tmp_path
     assert type(lite.full()).__name__ == "FewShotClassifier" and c in list(lite.classes_)
     assert lite.predict([f])[0] == c and lite.support_embeddings_.shape == (18, 2560)
     lite.batch_size = 8
-    assert lite.full().batch_size == 8 and repr(lite).startswith("FewShotClassifier(")
+    assert lite.full().batch_size == 8 and repr(lite).startswith("FewShotClassifier(") and not lite.is_lite
+    twin = copy.copy(lite)
+    twin.batch_size = 2
+    assert type(twin).__name__ == "FewShotClassifier" and lite.batch_size == 8  # a copy, not the same object
     again = pickle.loads(pickle.dumps(lite))
     assert type(again).__name__ == "FewShotClassifier" and again.predict([f])[0] == c
     from sklearn.base import clone
@@ -238,8 +267,9 @@ def test_unknown_needs_a_threshold_and_no_class_named_unknown() -> None:
 def test_cli_predict_of_a_saved_classifier_runs_without_torch(saved: dict, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """`metashot predict FOLDER --query DIR` answers through the lite path, in a new process without torch,
-    with the full path's rows (METASHOT_LITE=0); --threshold and --unknown work on it too."""
+    """`metashot predict FOLDER --query DIR` answers through the lite path, in a new process without torch
+    (with --threshold too), with the full path's rows (METASHOT_LITE=0) with no flag, --unknown and
+    --threshold."""
     from metashot.cli import main
 
     query = tmp_path / "query"
@@ -258,8 +288,39 @@ def test_cli_predict_of_a_saved_classifier_runs_without_torch(saved: dict, tmp_p
         assert all(abs(float(x[2]) - float(y[2])) <= 2e-4 for x, y in zip(a[1:], b[1:], strict=True))
     assert "unknown" in [r[1] for r in out["1", ("--unknown",)]]
     monkeypatch.delenv("METASHOT_LITE")
-    code = ("import sys; from metashot.cli import main; "
-            f"rc = main(['predict', {str(saved['folder'])!r}, '--query', {str(query)!r}, '--quiet']); "
-            "print(rc, 'torch' in sys.modules, file=sys.stderr)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stderr.split() == ["0", "False"] and run.stdout.count("\n") == 13, run.stderr
+    for flags in ([], ["--threshold", "0.5"]):
+        code = ("import sys; from metashot.cli import main; "
+                f"rc = main(['predict', {str(saved['folder'])!r}, '--query', {str(query)!r}, '--quiet', "
+                f"*{flags!r}]); print(rc, 'torch' in sys.modules, file=sys.stderr)")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert run.stderr.split() == ["0", "False"] and run.stdout.count("\n") == 13, run.stderr
+        assert [r.split(",")[:2] for r in run.stdout.strip().splitlines()] == \
+            [r[:2] for r in out["1", tuple(flags)]]
+
+
+def test_a_single_network_without_power_transform_agrees(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lite path on another shape of model: one timm network (no ensemble), no power transform, the
+    nearest-class-mean head, integer labels (timm/test_efficientnet forced through ONNX Runtime)."""
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("METASHOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("METASHOT_PRECISION", "onnx")
+    net = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 256, (40 + 3 * i, 50, 3), dtype=np.uint8)) for i in range(12)]
+    clf = metashot.load("timm/test_efficientnet", pretrained=str(weights)).fit(ims[:6], [1, 2, 3] * 2)
+    folder = clf.save(tmp_path / "clf")
+    rt = json.loads((folder / "classifier.json").read_text())["runtime"]
+    assert rt["ensemble"] is False and rt["power"] is None and rt["head"] == "ncm" and len(rt["members"]) == 1
+    lite = metashot.load(folder, lite=True)
+    assert list(lite.classes_) == [1, 2, 3]
+    for kw in ({}, {"transductive": False}):
+        got_labels, got = lite.classify(ims[6:], **kw)
+        want_labels, want = clf.classify(ims[6:], **kw)
+        assert got_labels.tolist() == want_labels.tolist()
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -240,7 +240,9 @@ def runtime_record(clf: Any) -> dict[str, Any] | None:
     except (OSError, ValueError):  # no onnxruntime, or the export failed: the full path says why when used
         return None
     members = list(trunk.members) if isinstance(trunk, ConcatTrunk) else [trunk]
-    return {"kind": "onnx-simpleshot", "version": 1,
+    from metashot.lite_record import RUNTIME_KIND, RUNTIME_VERSION
+
+    return {"kind": RUNTIME_KIND, "version": RUNTIME_VERSION, "size": size,
             "members": [{"file": m.path.name, "sha256": file_digest(m.path, "sha256"),
                          "num_features": int(m.num_features)} for m in members],
             "ensemble": isinstance(bb.trunk, ConcatTrunk), "power": bb.power, "backbone_l2norm": bb.l2norm,

@@ -37,6 +37,13 @@ def read_description(path: str | Path) -> dict[str, Any]:
     for key in ("model", "classes", "support"):
         if key not in desc:
             raise CheckpointError(f"saved classifier {path}: {DESCRIPTION} lacks {key!r}; save it again")
+    sup = desc["support"]
+    name = sup.get("file", SUPPORT) if isinstance(sup, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name \
+            or not isinstance(desc["classes"], list):
+        raise CheckpointError(f"saved classifier {path}: {DESCRIPTION}'s support record or classes are "
+                              f"malformed (the support file must be a plain name inside the folder); save it "
+                              f"again")
     return desc
 
 

@@ -42,59 +42,9 @@ from metashot.checkpoint_files import CheckpointError
 from metashot.digest import file_digest
 from metashot.fitted_files import SUPPORT, read_description
 from metashot.lite_heads import UNKNOWN, check_unknown, l2n, scores_embedded, softmax
+from metashot.lite_record import check_runtime, lite_off
 
-RUNTIME_KIND, RUNTIME_VERSION = "onnx-simpleshot", 1
 _CHUNK = 16  # images per ONNX Runtime call (as metashot.nn.onnx_trunk.OrtMember: bounded memory)
-
-
-def lite_off() -> str | None:
-    """Why the environment turns the lite path off, or None."""
-    if os.environ.get("METASHOT_LITE", "").strip().lower() in ("0", "false", "no", "off"):
-        return "METASHOT_LITE=0"
-    env = os.environ.get("METASHOT_PRECISION", "").strip().lower()
-    if env not in ("", "onnx"):
-        return f"METASHOT_PRECISION={env}"
-    return None
-
-
-def check_runtime(rt: Any) -> dict[str, Any]:
-    """The ``runtime`` record of a classifier.json, checked (ValueError naming what is wrong)."""
-    if not isinstance(rt, dict):
-        raise ValueError("it has no runtime record (saved by an older metashot, or not an ONNX photo model)")
-    if rt.get("kind") != RUNTIME_KIND or rt.get("version") != RUNTIME_VERSION:
-        raise ValueError(f"its runtime record is {rt.get('kind')!r} version {rt.get('version')!r}")
-    members = rt.get("members")
-    if not isinstance(members, list) or not members:
-        raise ValueError("its runtime record names no network")
-    for m in members:
-        name = m.get("file") if isinstance(m, dict) else None
-        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".onnx") \
-                or not isinstance(m.get("sha256"), str) or not isinstance(m.get("num_features"), int):
-            raise ValueError(f"its runtime record's network {m!r} is malformed")
-    num = (int, float)
-    for key, kinds in (("ensemble", bool), ("backbone_l2norm", bool), ("l2norm", bool),
-                       ("transductive", bool), ("inductive_scale", num), ("calibration_temperature", num)):
-        if not isinstance(rt.get(key), kinds):
-            raise ValueError(f"its runtime record's {key!r} is {rt.get(key)!r}")
-    for key in ("mean", "std"):
-        v = rt.get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, num) for x in v)):
-            raise ValueError(f"its runtime record's {key!r} is {v!r}")
-    if rt.get("power") is not None and not (isinstance(rt["power"], num) and 0 < rt["power"] <= 1):
-        raise ValueError(f"its runtime record's power is {rt.get('power')!r}")
-    if rt.get("centre") not in ("support", "none") or rt.get("head") not in ("ncm", "soft_kmeans"):
-        raise ValueError(f"its runtime record's centre / head ({rt.get('centre')!r}, {rt.get('head')!r}) is "
-                         f"not one the lite path runs")
-    args = rt.get("head_args")
-    if not isinstance(args, dict) or not isinstance(args.get("scale"), num) \
-            or (rt["head"] == "soft_kmeans" and not isinstance(args.get("steps"), int)):
-        raise ValueError(f"its runtime record's head_args {args!r} are malformed")
-    t = rt.get("unknown_threshold")
-    if t is not None and not isinstance(t, num):
-        raise ValueError(f"its runtime record's unknown_threshold is {t!r}")
-    if not rt["calibration_temperature"] > 0:
-        raise ValueError("its runtime record's calibration_temperature is not positive")
-    return rt
 
 
 def open_lite(path: str | Path) -> tuple[LiteClassifier | None, str]:
@@ -110,9 +60,15 @@ def open_lite(path: str | Path) -> tuple[LiteClassifier | None, str]:
         rt = check_runtime(desc.get("runtime"))
     except ValueError as e:
         return None, f"{path}: {e}"
-    spec = desc.get("image_spec")
-    if not isinstance(spec, dict):
-        return None, f"{path}: it records no image preprocessing"
+    try:
+        from metashot.data.preprocess import ImageSpec
+
+        spec = ImageSpec.from_dict(desc.get("image_spec"))  # type: ignore[arg-type]
+    except (ValueError, TypeError, AttributeError) as e:
+        return None, f"{path}: its image preprocessing is unreadable ({e})"
+    if spec.size != rt["size"] or spec.channels != 3:
+        return None, (f"{path}: its image preprocessing ({spec.size} px) is not its networks' "
+                      f"({rt['size']} px)")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -131,7 +87,9 @@ def open_lite(path: str | Path) -> tuple[LiteClassifier | None, str]:
     z, y = _read_support(path, desc)
     if z.shape[1] != sum(m["num_features"] for m in rt["members"]):
         return None, f"{path}: its support embeddings do not match its networks' widths"
-    return LiteClassifier(path, desc, rt, z, y, files), ""
+    if len(set(y.tolist())) < 2 or len(set(y.tolist())) != len(desc["classes"]):
+        return None, f"{path}: it needs a photo of each of at least 2 classes to predict"
+    return LiteClassifier(path, desc, rt, z, y, files, spec), ""
 
 
 def _read_support(path: Path, desc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -169,16 +127,14 @@ class LiteClassifier:
     hands the call to it (``clf.full()``)."""
 
     _OWN = frozenset({"classes_", "n_features_in_", "source"})
-    is_lite = True
+    _estimator_type = "classifier"
 
     def __init__(self, path: Path, desc: dict[str, Any], runtime: dict[str, Any], z: np.ndarray,
-                 y: np.ndarray, files: list[Path]) -> None:
-        from metashot.data.preprocess import ImageSpec
-
+                 y: np.ndarray, files: list[Path], spec: Any) -> None:
         d = self.__dict__
         d["_path"], d["_desc"], d["_rt"], d["_files"] = Path(path), desc, runtime, files
         d["_zs"], d["_ys"], d["_full"], d["_sessions"] = z, y, None, None
-        d["_spec"] = ImageSpec.from_dict(desc["image_spec"])
+        d["_spec"] = spec
         classes = np.empty(len(desc["classes"]), dtype=object)
         classes[:] = list(desc["classes"])
         d["classes_"], d["n_features_in_"] = classes, int(z.shape[1])
@@ -199,10 +155,27 @@ class LiteClassifier:
         return self.__dict__["_full"]
 
     def __getattr__(self, name: str) -> Any:
-        # only called when normal lookup fails: every attribute the lite path does not hold
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
+        # only called when normal lookup fails: every attribute the lite path does not hold. Probes for
+        # optional protocols (dunders; Jupyter's _repr_*_ and _ipython_*) are answered without loading.
+        if self._full is None and ((name.startswith("__") and name.endswith("__"))
+                                   or name.startswith(("_repr_", "_ipython_"))):
+            raise AttributeError(f"'LiteClassifier' object has no attribute {name!r}")
         return getattr(self.full(), name)
+
+    @property
+    def is_lite(self) -> bool:
+        """True while the answers come from the lite path (before :meth:`full` was needed)."""
+        return self._full is None
+
+    def __copy__(self) -> Any:
+        import copy
+
+        return copy.copy(self.full())
+
+    def __sklearn_tags__(self) -> Any:
+        from metashot.estimator import EstimatorMixin
+
+        return EstimatorMixin.__sklearn_tags__(self)  # type: ignore[arg-type]
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.full(), name, value)
@@ -230,6 +203,13 @@ class LiteClassifier:
     def image_spec(self) -> Any:
         """The preprocessing of the model's photos (an ImageSpec)."""
         return self._full.image_spec if self._full is not None else self._spec
+
+    def set_unknown_threshold(self, threshold: float) -> None:
+        """Replace the model's "unknown" threshold for this object (``metashot predict --threshold``)."""
+        if self._full is not None:
+            self._full.learner.unknown_threshold = float(threshold)
+        else:
+            self.__dict__["_rt"] = dict(self._rt, unknown_threshold=float(threshold))
 
     @property
     def text_encoder(self) -> None:
@@ -274,9 +254,12 @@ class LiteClassifier:
         std = np.asarray(rt["std"], np.float32).reshape(1, -1, 1, 1)
         x = np.ascontiguousarray((x - mean) / std)
         parts = []
-        for s in self._session_list():
+        for s, m in zip(self._session_list(), rt["members"], strict=True):
             z = np.concatenate([s.run(None, {"x": x[i:i + _CHUNK]})[0] for i in range(0, len(x), _CHUNK)])
             z = z.reshape(len(x), -1).astype(np.float32)
+            if z.shape[1] != m["num_features"]:
+                raise ValueError(f"saved classifier {self._path}: network {m['file']} gives {z.shape[1]} "
+                                 f"features, its record says {m['num_features']}; load it with lite=False")
             if rt["ensemble"]:
                 if rt["power"] is not None:
                     z = (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(rt["power"])

@@ -194,7 +194,10 @@ def predict_images_csv(clf: FewShotClassifier, support: str | Path | None, query
     saved classifier) and is used as it is."""
     if clf.image_spec is None:
         raise ValueError("this checkpoint has no image preprocessing; metashot predict needs an image model")
-    if threshold is not None:  # the threshold of the 'unknown' label
+    if threshold is not None and getattr(clf, "is_lite", False):  # a LiteClassifier: no torch needed
+        clf.set_unknown_threshold(threshold)
+        unknown = True
+    elif threshold is not None:  # the threshold of the 'unknown' label
         if not callable(getattr(clf.learner, "known_scores", None)):
             raise ValueError(f"--threshold: model {clf.source or '(in memory)'} gives no known-class score "
                              f"for an 'unknown' label (photo models such as `photos` do); leave --threshold "
