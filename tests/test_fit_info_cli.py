@@ -61,6 +61,8 @@ def test_fit_info_predict_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "saved classifier" in text and "model:         protonet-omniglot (protonet), digest " in text
     assert "size=28" in text and "classes:       3, 6 support examples" in text
     assert all(f"    {s}: 2" in text for s in SHAPES) and "fitted:        20" in text
+    assert "predicts:      through torch (the lite path does not apply: " in text
+    assert "no runtime record" in text  # protonet-omniglot is not an ONNX photo model
     rc, text, _ = _run(capsys, "info", str(out), "--json")
     d = json.loads(text)
     assert d["per_class"] == {s: 2 for s in SHAPES} and len(d["model_digest"]) == 64
@@ -148,6 +150,7 @@ def test_fit_photos_on_flowers(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert rc == 0, err
     rc, text, err = _run(capsys, "info", str(out))
     assert rc == 0 and "model:         photos" in text and "6 support examples" in text, err
+    assert "predicts:      without torch (ONNX Runtime + NumPy, metashot.lite)" in text
     rc, text, err = _run(capsys, "predict", str(out), "--query", str(tmp_path / "query"), "--quiet")
     assert rc == 0, err
     labels = {r.split(",")[1] for r in text.strip().splitlines()[1:]}

@@ -71,9 +71,13 @@ def info(path: str | Path) -> dict[str, Any]:
     from metashot.fitted import describe, is_fitted_folder, read_description
 
     if is_fitted_folder(path):
+        from metashot.lite import open_lite
+
         desc = read_description(path)
+        lite, why = open_lite(path)  # which path metashot.load / predict will take here, and why
         return {"kind": "saved classifier", **describe(path), "image_spec": desc.get("image_spec"),
-                "text_encoder": desc.get("text_encoder"), "card": (desc.get("model") or {}).get("card")}
+                "text_encoder": desc.get("text_encoder"), "card": (desc.get("model") or {}).get("card"),
+                "without_torch": lite is not None, "without_torch_why_not": why or None}
     p = Path(path)
     if not p.exists() and bundled_path(str(path)) is None:
         names = ", ".join(bundled_names())
@@ -103,6 +107,9 @@ def info_lines(d: dict[str, Any]) -> list[str]:
            f"  fitted:        {d['fitted_at']} (saved {d['saved_at']})",
            f"  classes:       {d['classes']}, {d['photos']} support examples ({d['embedding_dim']}-d "
            f"embeddings{'; photos copied' if d['photos_copied'] else ''})"]
+    why = d["without_torch_why_not"]
+    out.append("  predicts:      without torch (ONNX Runtime + NumPy, metashot.lite)" if d["without_torch"]
+               else f"  predicts:      through torch (the lite path does not apply: {why})")
     return out + [f"    {name}: {n}" for name, n in d["per_class"].items()]
 
 
