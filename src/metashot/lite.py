@@ -157,6 +157,8 @@ class LiteClassifier:
     def __getattr__(self, name: str) -> Any:
         # only called when normal lookup fails: every attribute the lite path does not hold. Probes for
         # optional protocols (dunders; Jupyter's _repr_*_ and _ipython_*) are answered without loading.
+        if "_path" not in self.__dict__:  # not initialised (never by metashot): no recursion through full()
+            raise AttributeError(name)
         if self._full is None and ((name.startswith("__") and name.endswith("__"))
                                    or name.startswith(("_repr_", "_ipython_"))):
             raise AttributeError(f"'LiteClassifier' object has no attribute {name!r}")
