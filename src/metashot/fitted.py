@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from metashot.checkpoint import CheckpointError
 from metashot.digest import file_digest
@@ -40,6 +39,7 @@ from metashot.fitted_files import (  # noqa: F401 (re-exported: the torch-free h
     describe,
     is_fitted_folder,
     read_description,
+    read_support,
 )
 
 
@@ -308,19 +308,9 @@ def load_fitted(path: str | Path, device: str | torch.device = "cpu", model: str
                               f"digest {str(rec.get('digest'))[:12]}..., but {name!r} here has digest "
                               f"{digest[:12]}... (other weights or preprocessing): use the model it was made "
                               f"with, or fit again")
-    sup = desc["support"]
-    f = path / str(sup.get("file", SUPPORT))
-    if not f.is_file() or file_digest(f, "sha256") != sup.get("sha256"):
-        raise CheckpointError(f"saved classifier {path}: {f.name} is missing or does not match the SHA-256 "
-                              f"in {DESCRIPTION} (modified or truncated); save it again")
-    try:
-        t = load_file(str(f))
-        z, y = t["embeddings"].float(), t["labels"].to(torch.int64)
-    except (SafetensorError, OSError, KeyError) as e:
-        raise CheckpointError(f"saved classifier {path}: {f.name} cannot be read ({e})") from e
+    zs, ys = read_support(path, desc)
+    z, y = torch.from_numpy(zs), torch.from_numpy(ys)
     classes = list(desc["classes"])
-    if z.dim() != 2 or len(y) != len(z) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
-        raise CheckpointError(f"saved classifier {path}: {f.name} does not match its {len(classes)} classes")
     require_embedded(base, f"load {path}")
     photos = desc.get("photos")
     items = [path / p for p in photos] if isinstance(photos, list) and len(photos) == len(y) else None

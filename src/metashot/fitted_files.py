@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from metashot.checkpoint_files import CheckpointError
+from metashot.digest import file_digest
 
 FORMAT = "metashot-fitted-1"
 DESCRIPTION = "classifier.json"
@@ -45,6 +48,30 @@ def read_description(path: str | Path) -> dict[str, Any]:
                               f"malformed (the support file must be a plain name inside the folder); save it "
                               f"again")
     return desc
+
+
+def read_support(path: str | Path, desc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The support embeddings [S, D] float32 and labels [S] int64 of saved classifier ``path`` (its checked
+    ``desc``): verified by the recorded SHA-256 and against the classes, one-line CheckpointError otherwise.
+    Read with NumPy (no torch), for both the full path and :mod:`metashot.lite`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    sup = desc["support"]
+    f = path / str(sup.get("file", SUPPORT))
+    if not f.is_file() or file_digest(f, "sha256") != sup.get("sha256"):
+        raise CheckpointError(f"saved classifier {path}: {f.name} is missing or does not match the SHA-256 "
+                              f"in {DESCRIPTION} (modified or truncated); save it again")
+    try:
+        t = load_file(str(f))
+        z, y = t["embeddings"].astype(np.float32), t["labels"].astype(np.int64)
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"saved classifier {path}: {f.name} cannot be read ({e})") from e
+    n = len(desc["classes"])
+    if z.ndim != 2 or y.ndim != 1 or len(y) != len(z) or (len(y) and (y.min() < 0 or y.max() >= n)):
+        raise CheckpointError(f"saved classifier {path}: {f.name} does not match its {n} classes")
+    return z, y
 
 
 def describe(path: str | Path) -> dict[str, Any]:

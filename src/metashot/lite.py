@@ -38,10 +38,9 @@ from typing import Any
 import numpy as np
 
 from metashot._env import cache_dir
-from metashot.checkpoint_files import CheckpointError
 from metashot.digest import file_digest
-from metashot.fitted_files import SUPPORT, read_description
-from metashot.lite_heads import UNKNOWN, check_unknown, l2n, scores_embedded, softmax
+from metashot.fitted_files import read_description, read_support
+from metashot.lite_heads import UNKNOWN, check_unknown, l2n, power_transform, scores_embedded, softmax
 from metashot.lite_record import check_runtime, lite_off
 
 _CHUNK = 16  # images per ONNX Runtime call (as metashot.nn.onnx_trunk.OrtMember: bounded memory)
@@ -84,33 +83,12 @@ def open_lite(path: str | Path) -> tuple[LiteClassifier | None, str]:
         if not ok:
             return None, f"{f} is missing or does not match the SHA-256 in {path}'s classifier.json"
         files.append(f)
-    z, y = _read_support(path, desc)
+    z, y = read_support(path, desc)
     if z.shape[1] != sum(m["num_features"] for m in rt["members"]):
         return None, f"{path}: its support embeddings do not match its networks' widths"
     if len(set(y.tolist())) < 2 or len(set(y.tolist())) != len(desc["classes"]):
         return None, f"{path}: it needs a photo of each of at least 2 classes to predict"
     return LiteClassifier(path, desc, rt, z, y, files, spec), ""
-
-
-def _read_support(path: Path, desc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The saved support embeddings [S, D] float32 and labels [S] int64, checked as the full path does."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    sup = desc["support"]
-    f = path / str(sup.get("file", SUPPORT)) if isinstance(sup, dict) else path / SUPPORT
-    if not f.is_file() or not isinstance(sup, dict) or file_digest(f, "sha256") != sup.get("sha256"):
-        raise CheckpointError(f"saved classifier {path}: {f.name} is missing or does not match the SHA-256 "
-                              f"in classifier.json (modified or truncated); save it again")
-    try:
-        t = load_file(str(f))
-        z, y = t["embeddings"].astype(np.float32), t["labels"].astype(np.int64)
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"saved classifier {path}: {f.name} cannot be read ({e})") from e
-    n = len(desc["classes"]) if isinstance(desc["classes"], list) else 0
-    if z.ndim != 2 or y.ndim != 1 or len(y) != len(z) or (len(y) and (y.min() < 0 or y.max() >= n)):
-        raise CheckpointError(f"saved classifier {path}: {f.name} does not match its {n} classes")
-    return z, y
 
 
 def _same(obj: Any) -> Any:
@@ -262,17 +240,11 @@ class LiteClassifier:
             if z.shape[1] != m["num_features"]:
                 raise ValueError(f"saved classifier {self._path}: network {m['file']} gives {z.shape[1]} "
                                  f"features, its record says {m['num_features']}; load it with lite=False")
-            if rt["ensemble"]:
-                if rt["power"] is not None:
-                    z = (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(rt["power"])
-                z = l2n(z)
-            parts.append(z)
+            parts.append(power_transform(z, rt["power"]))  # per network (ConcatTrunk), or the one network's
         if rt["ensemble"]:
-            z = np.concatenate(parts, -1) / np.float32(len(parts) ** 0.5)
+            z = np.concatenate([l2n(p) for p in parts], -1) / np.float32(len(parts) ** 0.5)
         else:
             z = parts[0]
-            if rt["power"] is not None:
-                z = (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(rt["power"])
         if rt["backbone_l2norm"]:
             z = l2n(z)
         return l2n(z) if rt["l2norm"] else z

@@ -21,6 +21,11 @@ def l2n(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), np.float32(1e-12))
 
 
+def power_transform(z: np.ndarray, power: float | None) -> np.ndarray:
+    """(max(z, 0) + 1e-6) ** power (metashot.nn.feature_maps.power_transform); z itself when power is None."""
+    return z if power is None else (np.maximum(z, 0) + np.float32(1e-6)) ** np.float32(power)
+
+
 def class_sums(z: np.ndarray, y: np.ndarray, ways: int) -> tuple[np.ndarray, np.ndarray]:
     """(class sums [N, D], counts [N, 1]) of rows z [S, D] with labels y [S]."""
     onehot = np.eye(ways, dtype=z.dtype)[y]
